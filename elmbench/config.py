@@ -1,0 +1,352 @@
+"""OpenELM configuration: the frozen `ElmConfig`, the released layer-wise scaling, and the presets.
+
+The scaling is CoreNet's `GPTConfig.__post_init__` (identical in HF `OpenELMConfig`), reproduced
+exactly so that per-layer head counts and FFN widths equal the released checkpoints'.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from elmbench.errors import CheckpointError, ConfigError, UnknownNameError
+
+HF_VOCAB_SIZE = 32000
+CORENET_VOCAB_SIZE = 32128
+
+
+def make_divisible(v: float, divisor: int) -> int:
+    """MobileNet's helper as in CoreNet's `math_utils`: round to a multiple, never below 90%."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return int(new_v)
+
+
+def layerwise_scaling(
+    num_layers: int,
+    model_dim: int,
+    head_dim: int,
+    num_gqa_groups: int,
+    qkv_multipliers: tuple[float, float],
+    ffn_multipliers: tuple[float, float],
+    ffn_dim_divisor: int = 256,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Per-layer (query heads, KV heads, FFN widths) from the released formula (reference §1.2)."""
+    alphas = [round(float(v), 2) for v in np.linspace(*qkv_multipliers, num=num_layers)]
+    betas = [round(float(v), 2) for v in np.linspace(*ffn_multipliers, num=num_layers)]
+    q_dims = [int(make_divisible(model_dim * a, divisor=head_dim * num_gqa_groups)) for a in alphas]
+    n_q = tuple(q // head_dim for q in q_dims)
+    n_kv = tuple(q // num_gqa_groups for q in n_q)
+    ffn = tuple(_ffn_dim(b, model_dim, ffn_dim_divisor) for b in betas)
+    return n_q, n_kv, ffn
+
+
+def _ffn_dim(multiplier: float, model_dim: int, divisor: int) -> int:
+    return int(make_divisible(multiplier * model_dim, divisor=divisor))
+
+
+@dataclass(frozen=True)
+class ElmConfig:
+    """One OpenELM architecture, with its per-layer lists expanded."""
+
+    name: str
+    num_layers: int
+    model_dim: int
+    head_dim: int
+    num_query_heads: tuple[int, ...]
+    num_kv_heads: tuple[int, ...]
+    ffn_dims: tuple[int, ...]
+    num_gqa_groups: int = 4
+    qkv_multipliers: tuple[float, float] = (0.5, 1.0)
+    ffn_multipliers: tuple[float, ...] = (0.5, 4.0)
+    vocab_size: int = HF_VOCAB_SIZE
+    max_context_length: int = 2048
+    rope_freq_constant: int = 10000
+    rope_max_length: int = 4096
+    norm_eps: float = 1e-6
+    ffn_dim_divisor: int = 256
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    instruct: bool = False
+    official_name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for key in ("num_query_heads", "num_kv_heads", "ffn_dims"):
+            if len(getattr(self, key)) != self.num_layers:
+                raise ConfigError(
+                    f"config '{self.name}': {key} has {len(getattr(self, key))} entries, "
+                    f"expected one per layer ({self.num_layers})"
+                )
+        for i, (q, kv) in enumerate(zip(self.num_query_heads, self.num_kv_heads, strict=True)):
+            if kv <= 0 or q % kv:
+                raise ConfigError(
+                    f"config '{self.name}': layer {i} has {q} query heads and {kv} KV heads; "
+                    "query heads must be a positive multiple of KV heads"
+                )
+
+    @classmethod
+    def from_scaling(
+        cls,
+        name: str,
+        num_layers: int,
+        model_dim: int,
+        head_dim: int,
+        **kwargs: Any,
+    ) -> ElmConfig:
+        """Build a config whose per-layer lists come from the layer-wise scaling formula."""
+        groups = kwargs.get("num_gqa_groups", 4)
+        qkv = kwargs.get("qkv_multipliers", (0.5, 1.0))
+        ffn = kwargs.get("ffn_multipliers", (0.5, 4.0))
+        divisor = kwargs.get("ffn_dim_divisor", 256)
+        n_q, n_kv, ffn_dims = layerwise_scaling(
+            num_layers, model_dim, head_dim, groups, qkv, ffn, divisor
+        )
+        # Keep the per-layer betas, as the released config.json files do.
+        kwargs["ffn_multipliers"] = tuple(
+            round(float(v), 2) for v in np.linspace(*ffn, num=num_layers)
+        )
+        return cls(
+            name=name,
+            num_layers=num_layers,
+            model_dim=model_dim,
+            head_dim=head_dim,
+            num_query_heads=n_q,
+            num_kv_heads=n_kv,
+            ffn_dims=ffn_dims,
+            **kwargs,
+        )
+
+    # Derived figures -------------------------------------------------------------------------
+
+    @property
+    def num_norms(self) -> int:
+        """RMSNorm modules run per forward pass: attn, q, k and ffn norms per layer, plus final."""
+        return 4 * self.num_layers + 1
+
+    def layer_params(self, i: int) -> int:
+        """Parameters of transformer layer i."""
+        d, h = self.model_dim, self.head_dim
+        n_q, n_kv, f = self.num_query_heads[i], self.num_kv_heads[i], self.ffn_dims[i]
+        qkv = (n_q + 2 * n_kv) * h * d
+        out = d * n_q * h
+        ffn = 2 * f * d + f * d
+        norms = 2 * d + 2 * h
+        return qkv + out + ffn + norms
+
+    @property
+    def num_params(self) -> int:
+        """All parameters, with the output head tied to the token embedding."""
+        body = sum(self.layer_params(i) for i in range(self.num_layers))
+        return self.vocab_size * self.model_dim + body + self.model_dim
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """Bytes of K and V cached per token over all layers (bf16 by default)."""
+        return sum(2 * kv * self.head_dim * bytes_per_element for kv in self.num_kv_heads)
+
+    def with_vocab(self, vocab_size: int) -> ElmConfig:
+        """The same architecture with another vocabulary size (CoreNet 32128 vs HF 32000)."""
+        return replace(self, vocab_size=vocab_size)
+
+    # HF config.json --------------------------------------------------------------------------
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF `config.json` dict that transformers (remote code) and mlx-lm read."""
+        ffn_mults = [round(f / self.model_dim, 4) for f in self.ffn_dims]
+        if len(self.ffn_multipliers) == self.num_layers:
+            ffn_mults = list(self.ffn_multipliers)
+        return {
+            "architectures": ["OpenELMForCausalLM"],
+            "model_type": "openelm",
+            "elmbench_name": self.name,
+            "num_transformer_layers": self.num_layers,
+            "model_dim": self.model_dim,
+            "head_dim": self.head_dim,
+            "num_gqa_groups": self.num_gqa_groups,
+            "num_query_heads": list(self.num_query_heads),
+            "num_kv_heads": list(self.num_kv_heads),
+            "qkv_multipliers": list(self.qkv_multipliers),
+            "ffn_multipliers": ffn_mults,
+            "ffn_dim_divisor": self.ffn_dim_divisor,
+            "ffn_with_glu": True,
+            "activation_fn_name": "swish",
+            "normalization_layer_name": "rms_norm",
+            "normalize_qk_projections": True,
+            "share_input_output_layers": True,
+            "rope_freq_constant": self.rope_freq_constant,
+            "rope_max_length": self.rope_max_length,
+            "max_context_length": self.max_context_length,
+            "vocab_size": self.vocab_size,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "initializer_range": 0.02,
+            "torch_dtype": "float32",
+        }
+
+    @classmethod
+    def from_hf(cls, source: str | Path | dict[str, Any], name: str | None = None) -> ElmConfig:
+        """Read an HF OpenELM `config.json` (a path or a parsed dict), using its per-layer lists."""
+        path = "<dict>"
+        if not isinstance(source, dict):
+            path = str(source)
+            try:
+                data = json.loads(Path(source).read_text())
+            except FileNotFoundError:
+                raise CheckpointError(path, "config.json not found") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(path, f"not valid JSON ({exc})") from None
+        else:
+            data = source
+        return _config_from_hf_dict(data, path, name)
+
+    def summary(self) -> dict[str, Any]:
+        """A flat dict for records and tables."""
+        out = asdict(self)
+        out["num_params"] = self.num_params
+        out["num_norms"] = self.num_norms
+        return out
+
+
+def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> ElmConfig:
+    def need(key: str) -> Any:
+        if key not in data:
+            raise CheckpointError(path, "missing config entry", key=key)
+        return data[key]
+
+    if data.get("model_type", "openelm") != "openelm":
+        raise CheckpointError(
+            path, "not an OpenELM config", key="model_type", expected="openelm",
+            found=data.get("model_type"),
+        )
+    layers, d, h = need("num_transformer_layers"), need("model_dim"), need("head_dim")
+    groups = data.get("num_gqa_groups", 4)
+    divisor = data.get("ffn_dim_divisor", 256)
+    qkv = tuple(data.get("qkv_multipliers", (0.5, 1.0)))
+    ffn_mult = data.get("ffn_multipliers", (0.5, 4.0))
+    if isinstance(ffn_mult, (int, float)):
+        ffn_mult = [ffn_mult] * layers
+    ffn_mult = tuple(ffn_mult)
+    n_q_s, n_kv_s, ffn_s = layerwise_scaling(
+        layers, d, h, groups, qkv if len(qkv) == 2 else (0.5, 1.0), (0.5, 4.0), divisor
+    )
+    n_q = tuple(data.get("num_query_heads") or n_q_s)
+    n_kv = tuple(data.get("num_kv_heads") or n_kv_s)
+    if len(ffn_mult) == layers:
+        ffn = tuple(_ffn_dim(m, d, divisor) for m in ffn_mult)
+    elif len(ffn_mult) == 2:
+        ffn = layerwise_scaling(layers, d, h, groups, (0.5, 1.0), ffn_mult, divisor)[2]  # type: ignore[arg-type]
+    else:
+        raise CheckpointError(
+            path, "ffn_multipliers must have 2 entries or one per layer", key="ffn_multipliers",
+            expected=f"2 or {layers}", found=len(ffn_mult),
+        )
+    for key, value in (("num_query_heads", n_q), ("num_kv_heads", n_kv)):
+        if len(value) != layers:
+            raise CheckpointError(
+                path, "per-layer list has the wrong length", key=key, expected=layers,
+                found=len(value),
+            )
+    if not data.get("share_input_output_layers", True):
+        raise CheckpointError(
+            path, "untied output heads are not supported", key="share_input_output_layers",
+            expected=True, found=False,
+        )
+    try:
+        return ElmConfig(
+            name=name or data.get("elmbench_name") or Path(path).parent.name or "checkpoint",
+            num_layers=layers,
+            model_dim=d,
+            head_dim=h,
+            num_query_heads=n_q,
+            num_kv_heads=n_kv,
+            ffn_dims=ffn,
+            num_gqa_groups=groups,
+            qkv_multipliers=qkv,  # type: ignore[arg-type]
+            ffn_multipliers=ffn_mult,
+            vocab_size=data.get("vocab_size", HF_VOCAB_SIZE),
+            max_context_length=data.get("max_context_length", 2048),
+            rope_freq_constant=data.get("rope_freq_constant", 10000),
+            rope_max_length=data.get("rope_max_length", 4096),
+            norm_eps=data.get("rms_norm_eps", data.get("norm_eps", 1e-6)),
+            ffn_dim_divisor=divisor,
+            bos_token_id=data.get("bos_token_id", 1),
+            eos_token_id=data.get("eos_token_id", 2),
+        )
+    except ConfigError as exc:
+        raise CheckpointError(path, str(exc)) from None
+
+
+# Presets -------------------------------------------------------------------------------------
+
+_SIZES: dict[str, tuple[str, int, int, int]] = {
+    # key: (official name, layers, model_dim, head_dim), from CoreNet `gpt_configs`.
+    "270m": ("OpenELM-270M", 16, 1280, 64),
+    "450m": ("OpenELM-450M", 20, 1536, 64),
+    "1_1b": ("OpenELM-1_1B", 28, 2048, 64),
+    "3b": ("OpenELM-3B", 36, 3072, 128),
+}
+
+
+def _tiny() -> ElmConfig:
+    # Same architecture at toy size: per-layer heads and FFN widths differ, GQA 2:1, qk-norm, tied.
+    return ElmConfig(
+        name="tiny",
+        num_layers=3,
+        model_dim=64,
+        head_dim=16,
+        num_query_heads=(2, 4, 4),
+        num_kv_heads=(1, 2, 1),
+        ffn_dims=(64, 128, 192),
+        num_gqa_groups=2,
+        ffn_multipliers=(1.0, 2.0, 3.0),
+        ffn_dim_divisor=16,
+        vocab_size=512,
+        max_context_length=256,
+        rope_max_length=512,
+        official_name="tiny (test model)",
+    )
+
+
+def _build_presets() -> dict[str, ElmConfig]:
+    presets: dict[str, ElmConfig] = {}
+    for key, (official, layers, d, h) in _SIZES.items():
+        for suffix, instruct in (("", False), ("-instruct", True)):
+            presets[key + suffix] = ElmConfig.from_scaling(
+                key + suffix, layers, d, h, instruct=instruct, official_name=official
+                + ("-Instruct" if instruct else ""),
+            )
+    presets["tiny"] = _tiny()
+    return presets
+
+
+PRESETS: dict[str, ElmConfig] = _build_presets()
+
+
+def _aliases() -> dict[str, str]:
+    aliases = {}
+    for key, cfg in PRESETS.items():
+        aliases[key.lower()] = key
+        aliases[cfg.official_name.lower()] = key
+        if key != "tiny":
+            aliases[f"apple/{cfg.official_name}".lower()] = key
+    return aliases
+
+
+_ALIASES = _aliases()
+
+
+def preset_names() -> list[str]:
+    """The preset keys users type, in size order."""
+    return list(PRESETS)
+
+
+def get_config(name: str) -> ElmConfig:
+    """The preset for a user-typed name (`1_1b`, `OpenELM-1_1B`, `apple/OpenELM-1_1B-Instruct`)."""
+    key = _ALIASES.get(name.strip().lower())
+    if key is None:
+        raise UnknownNameError("model", name, PRESETS)
+    return PRESETS[key]

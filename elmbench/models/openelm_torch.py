@@ -1,0 +1,204 @@
+"""OpenELM in PyTorch, exactly as released (CoreNet / HF), with a static KV cache.
+
+Attribute names equal the HF checkpoint keys, so `load_state_dict(strict=True)` is the
+compatibility test. The norm is injected by registry name, never hard-coded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elmbench.config import ElmConfig
+from elmbench.norms import get_norm
+
+NormFactory = Callable[[int, float], nn.Module]
+
+
+def norm_factory(name: str) -> NormFactory:
+    """The `(dim, eps)` constructor of a registered torch norm variant."""
+    variant = get_norm(name, "torch")
+    return variant.build
+
+
+def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin tables (length, head_dim) for rotate-half RoPE over the full head."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    theta = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    emb = torch.cat((theta, theta), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE computed in fp32 and cast back, as the released code does."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated K/V buffers indexed by position (static shapes for compile and CUDA graphs)."""
+
+    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, T, D) at positions `pos` (T,); return the whole buffers."""
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
+
+
+class OpenELMMultiHeadCausalAttention(nn.Module):
+    """Fused QKV projection, per-head Q/K RMSNorm before RoPE, GQA, causal SDPA."""
+
+    def __init__(self, cfg: ElmConfig, layer: int, make_norm: NormFactory) -> None:
+        super().__init__()
+        self.head_dim = cfg.head_dim
+        self.n_q = cfg.num_query_heads[layer]
+        self.n_kv = cfg.num_kv_heads[layer]
+        d, h = cfg.model_dim, cfg.head_dim
+        self.qkv_proj = nn.Linear(d, (self.n_q + 2 * self.n_kv) * h, bias=False)
+        self.q_norm = make_norm(h, cfg.norm_eps)
+        self.k_norm = make_norm(h, cfg.norm_eps)
+        self.out_proj = nn.Linear(self.n_q * h, d, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                pos: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = self.qkv_proj(x).view(b, t, self.n_q + 2 * self.n_kv, self.head_dim)
+        qkv = qkv.transpose(1, 2)  # (B, H_q + 2 H_kv, T, D)
+        q, k, v = qkv.split([self.n_q, self.n_kv, self.n_kv], dim=1)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        if pos is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            if self.cache is None:
+                raise RuntimeError("setup_cache() must be called before cached steps")
+            k, v = self.cache.update(pos, k, v)  # (B, H_kv, S_max, D)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(b, t, self.n_q * self.head_dim)  # (B, T, H_q * D)
+        return self.out_proj(out)
+
+
+class OpenELMFeedForwardNetwork(nn.Module):
+    """SwiGLU: `proj_1` holds the gate rows first, then the up rows."""
+
+    def __init__(self, cfg: ElmConfig, layer: int) -> None:
+        super().__init__()
+        d, f = cfg.model_dim, cfg.ffn_dims[layer]
+        self.proj_1 = nn.Linear(d, 2 * f, bias=False)
+        self.proj_2 = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.proj_1(x).chunk(2, dim=-1)
+        return self.proj_2(F.silu(gate) * up)
+
+
+class OpenELMDecoderLayer(nn.Module):
+    """Pre-norm block: h = x + attn(attn_norm(x)); y = h + ffn(ffn_norm(h))."""
+
+    def __init__(self, cfg: ElmConfig, layer: int, make_norm: NormFactory) -> None:
+        super().__init__()
+        self.attn = OpenELMMultiHeadCausalAttention(cfg, layer, make_norm)
+        self.ffn = OpenELMFeedForwardNetwork(cfg, layer)
+        self.ffn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                pos: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), cos, sin, pos, mask)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class OpenELMModel(nn.Module):
+    """Token embeddings, the decoder layers and the final norm (HF `transformer`)."""
+
+    def __init__(self, cfg: ElmConfig, make_norm: NormFactory) -> None:
+        super().__init__()
+        self.token_embeddings = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.layers = nn.ModuleList(
+            OpenELMDecoderLayer(cfg, i, make_norm) for i in range(cfg.num_layers)
+        )
+        self.norm = make_norm(cfg.model_dim, cfg.norm_eps)
+
+
+class OpenELM(nn.Module):
+    """OpenELM for causal LM (HF `OpenELMForCausalLM`): tied output head, no biases."""
+
+    def __init__(self, cfg: ElmConfig, norm: str = "naive") -> None:
+        super().__init__()
+        self.config = cfg
+        self.norm_name = norm
+        self.transformer = OpenELMModel(cfg, norm_factory(norm))
+        self.max_seq_len = 0
+        self.reset_buffers()
+
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)build the fp32 RoPE tables, on `device` if given (after loading onto `meta`)."""
+        cfg = self.config
+        length = max(cfg.rope_max_length, cfg.max_context_length, self.max_seq_len)
+        cos, sin = rope_tables(cfg.head_dim, length, cfg.rope_freq_constant)
+        if device is not None:
+            cos, sin = cos.to(device), sin.to(device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
+        """Preallocate every layer's KV cache for `max_seq_len` positions."""
+        weight = self.transformer.token_embeddings.weight
+        self.max_seq_len = max_seq_len
+        if max_seq_len > self.rope_cos.shape[0]:
+            self.reset_buffers(weight.device)
+        for layer in self.transformer.layers:
+            attn = layer.attn
+            attn.cache = KVCache(batch_size, attn.n_kv, max_seq_len, self.config.head_dim,
+                                 weight.dtype, weight.device)
+        causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
+        self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for tokens (B, T); with `pos` (T,), a cached step at those positions."""
+        t = tokens.shape[1]
+        if pos is None:
+            if t > self.rope_cos.shape[0]:
+                self.max_seq_len = t
+                self.reset_buffers(tokens.device)
+            cos, sin, mask = self.rope_cos[:t], self.rope_sin[:t], None
+        else:
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+            mask = self.causal_mask[pos]  # (T, S_max): key j visible to query i iff j <= pos[i]
+        x = self.transformer.token_embeddings(tokens)
+        for layer in self.transformer.layers:
+            x = layer(x, cos, sin, pos, mask)
+        x = self.transformer.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return F.linear(x, self.transformer.token_embeddings.weight)
+
+    def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """Run the prompt (B, T) through the cache from position 0; logits of the last position."""
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        return self(tokens, pos, last_only=last_only)
+
+    def decode(self, token: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """One cached step for token (B, 1) at `position`; logits (B, 1, V)."""
+        if not isinstance(position, torch.Tensor):
+            position = torch.tensor([position], device=token.device)
+        return self(token, position.view(1))
+
+    def num_parameters(self) -> int:
+        """Parameters actually held (the tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
