@@ -219,7 +219,10 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
 
     if data.get("model_type", "openelm") != "openelm":
         raise CheckpointError(
-            path, "not an OpenELM config", key="model_type", expected="openelm",
+            path,
+            "not an OpenELM config",
+            key="model_type",
+            expected="openelm",
             found=data.get("model_type"),
         )
     layers, d, h = need("num_transformer_layers"), need("model_dim"), need("head_dim")
@@ -230,7 +233,7 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
     if isinstance(ffn_mult, (int, float)):
         ffn_mult = [ffn_mult] * layers
     ffn_mult = tuple(ffn_mult)
-    n_q_s, n_kv_s, ffn_s = layerwise_scaling(
+    n_q_s, n_kv_s, _ = layerwise_scaling(
         layers, d, h, groups, qkv if len(qkv) == 2 else (0.5, 1.0), (0.5, 4.0), divisor
     )
     n_q = tuple(data.get("num_query_heads") or n_q_s)
@@ -241,19 +244,28 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
         ffn = layerwise_scaling(layers, d, h, groups, (0.5, 1.0), ffn_mult, divisor)[2]  # type: ignore[arg-type]
     else:
         raise CheckpointError(
-            path, "ffn_multipliers must have 2 entries or one per layer", key="ffn_multipliers",
-            expected=f"2 or {layers}", found=len(ffn_mult),
+            path,
+            "ffn_multipliers must have 2 entries or one per layer",
+            key="ffn_multipliers",
+            expected=f"2 or {layers}",
+            found=len(ffn_mult),
         )
     for key, value in (("num_query_heads", n_q), ("num_kv_heads", n_kv)):
         if len(value) != layers:
             raise CheckpointError(
-                path, "per-layer list has the wrong length", key=key, expected=layers,
+                path,
+                "per-layer list has the wrong length",
+                key=key,
+                expected=layers,
                 found=len(value),
             )
     if not data.get("share_input_output_layers", True):
         raise CheckpointError(
-            path, "untied output heads are not supported", key="share_input_output_layers",
-            expected=True, found=False,
+            path,
+            "untied output heads are not supported",
+            key="share_input_output_layers",
+            expected=True,
+            found=False,
         )
     try:
         return ElmConfig(
@@ -316,8 +328,12 @@ def _build_presets() -> dict[str, ElmConfig]:
     for key, (official, layers, d, h) in _SIZES.items():
         for suffix, instruct in (("", False), ("-instruct", True)):
             presets[key + suffix] = ElmConfig.from_scaling(
-                key + suffix, layers, d, h, instruct=instruct, official_name=official
-                + ("-Instruct" if instruct else ""),
+                key + suffix,
+                layers,
+                d,
+                h,
+                instruct=instruct,
+                official_name=official + ("-Instruct" if instruct else ""),
             )
     presets["tiny"] = _tiny()
     return presets

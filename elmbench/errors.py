@@ -22,9 +22,7 @@ class UnknownNameError(ElmbenchError):
         if close:
             match = next(v for v in self.valid if v.lower() == close[0])
             hint = f" Did you mean '{match}'?"
-        super().__init__(
-            f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(self.valid)}"
-        )
+        super().__init__(f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(self.valid)}")
 
 
 class CheckpointError(ElmbenchError):

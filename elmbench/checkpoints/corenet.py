@@ -15,8 +15,9 @@ from elmbench.errors import CheckpointError
 _WRAPPERS = ("model_state_dict", "state_dict", "model")
 
 
-def read_corenet(path: str | Path, cfg: ElmConfig, crop_vocab: bool = True,
-                 dtype: torch.dtype | None = None) -> tuple[ElmConfig, dict[str, torch.Tensor]]:
+def read_corenet(
+    path: str | Path, cfg: ElmConfig, crop_vocab: bool = True, dtype: torch.dtype | None = None
+) -> tuple[ElmConfig, dict[str, torch.Tensor]]:
     """Load a CoreNet checkpoint for the architecture `cfg`; crop to 32000 rows for HF parity."""
     path = Path(path)
     if not path.is_file():

@@ -9,12 +9,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from elmbench.checkpoints.layout import expected_shapes, validate_state
+from elmbench.checkpoints.layout import INDEX, SINGLE, expected_shapes, validate_state, weight_files
 from elmbench.config import ElmConfig
 from elmbench.errors import CheckpointError
-
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -22,35 +19,9 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def weight_files(folder: Path) -> dict[str, Path]:
-    """Map each tensor key to the file holding it, from the index or the single file."""
-    index = folder / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(index, f"not a safetensors index ({exc!r})") from None
-        files = {key: folder / name for key, name in weight_map.items()}
-        for path in sorted(set(files.values())):
-            if not path.is_file():
-                raise CheckpointError(path, f"shard listed in {INDEX} is missing")
-        return files
-    single = folder / SINGLE
-    if not single.is_file():
-        raise CheckpointError(folder, f"no {SINGLE} or {INDEX} in the folder")
-    return {key: single for key in _keys(single)}
-
-
-def _keys(path: Path) -> list[str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"corrupt safetensors file ({exc})") from None
-
-
-def read_hf(folder: str | Path, dtype: torch.dtype | None = None,
-            name: str | None = None) -> tuple[ElmConfig, dict[str, torch.Tensor]]:
+def read_hf(
+    folder: str | Path, dtype: torch.dtype | None = None, name: str | None = None
+) -> tuple[ElmConfig, dict[str, torch.Tensor]]:
     """Read and strictly validate an HF-layout folder; returns (config, state dict)."""
     folder = Path(folder)
     if not folder.exists():
@@ -67,8 +38,9 @@ def read_hf(folder: str | Path, dtype: torch.dtype | None = None,
                 present = set(f.keys())
                 for key in keys:
                     if key not in present:
-                        raise CheckpointError(path, f"key listed in {INDEX} is not in this shard",
-                                              key=key)
+                        raise CheckpointError(
+                            path, f"key listed in {INDEX} is not in this shard", key=key
+                        )
                     state[key] = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(path, f"corrupt safetensors file ({exc})") from None
@@ -84,8 +56,12 @@ def read_hf(folder: str | Path, dtype: torch.dtype | None = None,
     return cfg, state
 
 
-def save_hf(cfg: ElmConfig, state: dict[str, torch.Tensor], folder: str | Path,
-            max_shard_bytes: int | None = None) -> Path:
+def save_hf(
+    cfg: ElmConfig,
+    state: dict[str, torch.Tensor],
+    folder: str | Path,
+    max_shard_bytes: int | None = None,
+) -> Path:
     """Write `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

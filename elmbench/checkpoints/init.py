@@ -1,8 +1,11 @@
-"""Seeded random weights with the released initializer (CoreNet `reset_parameters`)."""
+"""Seeded random weights with the released initializer (CoreNet `reset_parameters`).
+
+Drawn with numpy (no torch, no mlx) so both backends get bit-identical weights from one seed.
+"""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from elmbench.checkpoints.layout import expected_shapes
 from elmbench.config import ElmConfig
@@ -20,19 +23,16 @@ def init_std(cfg: ElmConfig, key: str, shape: tuple[int, ...]) -> float | None:
     return float(shape[1] ** -0.5)  # Linear: N(0, in_features^-0.5)
 
 
-def random_state(cfg: ElmConfig, seed: int = 0,
-                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A full HF-keyed state dict drawn in fp32 on the CPU from `seed`, then cast to `dtype`.
-
-    Drawing on the CPU in key order makes the weights identical across backends and devices.
-    """
-    gen = torch.Generator().manual_seed(seed)
+def random_arrays(cfg: ElmConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """A full HF-keyed float32 state drawn in key order from `seed`."""
+    rng = np.random.default_rng(seed)
     state = {}
     for key, shape in expected_shapes(cfg).items():
         std = init_std(cfg, key, shape)
         if std is None:
-            tensor = torch.ones(shape)
+            state[key] = np.ones(shape, dtype=np.float32)
         else:
-            tensor = torch.empty(shape).normal_(0.0, std, generator=gen)
-        state[key] = tensor.to(dtype)
+            arr = rng.standard_normal(shape, dtype=np.float32)
+            arr *= np.float32(std)
+            state[key] = arr
     return state

@@ -43,15 +43,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache(nn.Module):
     """Preallocated K/V buffers indexed by position (static shapes for compile and CUDA graphs)."""
 
-    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
         super().__init__()
         shape = (batch, kv_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, D) at positions `pos` (T,); return the whole buffers."""
         self.k.index_copy_(2, pos, k)
         self.v.index_copy_(2, pos, v)
@@ -73,8 +81,14 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         self.out_proj = nn.Linear(self.n_q * h, d, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                pos: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         qkv = self.qkv_proj(x).view(b, t, self.n_q + 2 * self.n_kv, self.head_dim)
         qkv = qkv.transpose(1, 2)  # (B, H_q + 2 H_kv, T, D)
@@ -116,8 +130,14 @@ class OpenELMDecoderLayer(nn.Module):
         self.ffn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
         self.attn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                pos: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), cos, sin, pos, mask)
         return h + self.ffn(self.ffn_norm(h))
 
@@ -163,13 +183,20 @@ class OpenELM(nn.Module):
             self.reset_buffers(weight.device)
         for layer in self.transformer.layers:
             attn = layer.attn
-            attn.cache = KVCache(batch_size, attn.n_kv, max_seq_len, self.config.head_dim,
-                                 weight.dtype, weight.device)
+            attn.cache = KVCache(
+                batch_size,
+                attn.n_kv,
+                max_seq_len,
+                self.config.head_dim,
+                weight.dtype,
+                weight.device,
+            )
         causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
         self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, pos: torch.Tensor | None = None, last_only: bool = False
+    ) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T); with `pos` (T,), a cached step at those positions."""
         t = tokens.shape[1]
         if pos is None:

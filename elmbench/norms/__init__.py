@@ -39,16 +39,18 @@ class NormVariant:
         try:
             result: Availability = resolve(self.check)()
         except ImportError as exc:
-            return Availability(False, f"{self.backend} is not installed ({exc})",
-                                _INSTALL_HINT[self.backend])
+            return Availability(
+                False, f"{self.backend} is not installed ({exc})", _INSTALL_HINT[self.backend]
+            )
         return result
 
     def build(self, dim: int, eps: float) -> Any:
         """Construct the module; raises UnavailableError with the install hint when it cannot."""
         status = self.available()
         if not status.ok:
-            raise UnavailableError(f"norm '{self.name}' ({self.backend})", status.reason,
-                                   status.hint)
+            raise UnavailableError(
+                f"norm '{self.name}' ({self.backend})", status.reason, status.hint
+            )
         return resolve(self.factory)(dim, eps)
 
     @property
@@ -67,19 +69,43 @@ _M = "elmbench.norms.mlx_norms"
 
 NORMS: dict[str, dict[str, NormVariant]] = {
     "torch": {
-        "naive": NormVariant("naive", "torch", f"{_T}:NaiveRMSNorm", f"{_T}:always",
-                             "released unfused RMSNorm: fp32 upcast, mean of squares, rsqrt, "
-                             "cast, weight (the paper's baseline)"),
-        "fused": NormVariant("fused", "torch", f"{_T}:FusedRMSNorm", f"{_T}:fused_available",
-                             "PyTorch native torch.nn.functional.rms_norm"),
-        "compiled": NormVariant("compiled", "torch", f"{_T}:CompiledRMSNorm",
-                                f"{_T}:compile_available",
-                                "the naive RMSNorm through torch.compile (inductor)"),
-        "apex": NormVariant("apex", "torch", f"{_T}:apex_rms_norm", f"{_T}:apex_available",
-                            "NVIDIA apex FusedRMSNorm (CUDA kernel)"),
-        "layernorm": NormVariant("layernorm", "torch", f"{_T}:LayerNormNoBias", f"{_T}:always",
-                                 "LayerNorm (no bias) in the RMSNorm slots: the paper's "
-                                 "LayerNorm-vs-RMSNorm ablation", changes_numerics=True),
+        "naive": NormVariant(
+            "naive",
+            "torch",
+            f"{_T}:NaiveRMSNorm",
+            f"{_T}:always",
+            "released unfused RMSNorm: fp32 upcast, mean of squares, rsqrt, "
+            "cast, weight (the paper's baseline)",
+        ),
+        "fused": NormVariant(
+            "fused",
+            "torch",
+            f"{_T}:FusedRMSNorm",
+            f"{_T}:fused_available",
+            "PyTorch native torch.nn.functional.rms_norm",
+        ),
+        "compiled": NormVariant(
+            "compiled",
+            "torch",
+            f"{_T}:CompiledRMSNorm",
+            f"{_T}:compile_available",
+            "the naive RMSNorm through torch.compile (inductor)",
+        ),
+        "apex": NormVariant(
+            "apex",
+            "torch",
+            f"{_T}:apex_rms_norm",
+            f"{_T}:apex_available",
+            "NVIDIA apex FusedRMSNorm (CUDA kernel)",
+        ),
+        "layernorm": NormVariant(
+            "layernorm",
+            "torch",
+            f"{_T}:LayerNormNoBias",
+            f"{_T}:always",
+            "LayerNorm (no bias) in the RMSNorm slots: the paper's LayerNorm-vs-RMSNorm ablation",
+            changes_numerics=True,
+        ),
     },
     "mlx": {},
 }
@@ -101,7 +127,8 @@ def get_norm(name: str, backend: str = "torch") -> NormVariant:
     if others:
         raise UnknownNameError(
             f"{backend} norm ('{name}' exists only for the {', '.join(others)} backend)",
-            name, table,
+            name,
+            table,
         )
     raise UnknownNameError(f"{backend} norm", name, table)
 

@@ -80,15 +80,18 @@ def fused_available() -> Availability:
     """`F.rms_norm` exists from torch 2.4 on."""
     if hasattr(F, "rms_norm"):
         return Availability(True)
-    return Availability(False, f"torch {torch.__version__} has no F.rms_norm",
-                        "Install torch>=2.6")
+    return Availability(False, f"torch {torch.__version__} has no F.rms_norm", "Install torch>=2.6")
 
 
 def compile_available() -> Availability:
     """Inductor on CPU needs a C++ compiler; on CUDA it needs Triton."""
-    if shutil.which("g++") is None and shutil.which("c++") is None and not torch.cuda.is_available():
-        return Availability(False, "torch.compile (inductor) needs a C++ compiler on CPU",
-                            "Install g++ (apt-get install g++)")
+    has_cxx = shutil.which("g++") is not None or shutil.which("c++") is not None
+    if not has_cxx and not torch.cuda.is_available():
+        return Availability(
+            False,
+            "torch.compile (inductor) needs a C++ compiler on CPU",
+            "Install g++ (apt-get install g++)",
+        )
     return Availability(True)
 
 
@@ -99,14 +102,21 @@ def apex_available() -> Availability:
     except ImportError:
         return Availability(False, "NVIDIA apex is not installed", APEX_HINT)
     if not hasattr(normalization, "FusedRMSNorm"):
-        return Availability(False, "the installed 'apex' package is not NVIDIA apex "
-                            "(no apex.normalization.FusedRMSNorm)", APEX_HINT)
+        return Availability(
+            False,
+            "the installed 'apex' package is not NVIDIA apex (no apex.normalization.FusedRMSNorm)",
+            APEX_HINT,
+        )
     try:
         importlib.import_module("fused_layer_norm_cuda")
     except ImportError:
-        return Availability(False, "apex was built without its fused_layer_norm_cuda extension",
-                            APEX_HINT)
+        return Availability(
+            False, "apex was built without its fused_layer_norm_cuda extension", APEX_HINT
+        )
     if not torch.cuda.is_available():
-        return Availability(False, "apex FusedRMSNorm needs a CUDA device and none is present",
-                            "Run on a machine with an NVIDIA GPU")
+        return Availability(
+            False,
+            "apex FusedRMSNorm needs a CUDA device and none is present",
+            "Run on a machine with an NVIDIA GPU",
+        )
     return Availability(True)
