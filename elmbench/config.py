@@ -364,5 +364,5 @@ def get_config(name: str) -> ElmConfig:
     """The preset for a user-typed name (`1_1b`, `OpenELM-1_1B`, `apple/OpenELM-1_1B-Instruct`)."""
     key = _ALIASES.get(name.strip().lower())
     if key is None:
-        raise UnknownNameError("model", name, PRESETS)
+        raise UnknownNameError("model", name, PRESETS, _ALIASES)
     return PRESETS[key]

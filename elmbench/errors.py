@@ -15,13 +15,14 @@ class ElmbenchError(Exception):
 class UnknownNameError(ElmbenchError):
     """A name (model, norm, device, suite, ...) that is not in its registry."""
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, valid: Iterable[str],
+                 aliases: dict[str, str] | None = None) -> None:
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        close = difflib.get_close_matches(name.lower(), [v.lower() for v in self.valid], n=1)
-        hint = ""
-        if close:
-            match = next(v for v in self.valid if v.lower() == close[0])
-            hint = f" Did you mean '{match}'?"
+        # Match against every accepted spelling, suggest the canonical name it belongs to.
+        spellings = {v.lower(): v for v in self.valid}
+        spellings.update({a.lower(): v for a, v in (aliases or {}).items()})
+        close = difflib.get_close_matches(name.lower(), spellings, n=1, cutoff=0.5)
+        hint = f" Did you mean '{spellings[close[0]]}'?" if close else ""
         super().__init__(f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(self.valid)}")
 
 
