@@ -108,7 +108,7 @@ class ElmConfig:
         )
         # Keep the per-layer betas, as the released config.json files do.
         kwargs["ffn_multipliers"] = tuple(
-            round(float(v), 2) for v in np.linspace(*ffn, num=num_layers)
+            round(float(v), 2) for v in np.linspace(float(ffn[0]), float(ffn[-1]), num=num_layers)
         )
         return cls(
             name=name,
@@ -241,7 +241,7 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
     if len(ffn_mult) == layers:
         ffn = tuple(_ffn_dim(m, d, divisor) for m in ffn_mult)
     elif len(ffn_mult) == 2:
-        ffn = layerwise_scaling(layers, d, h, groups, (0.5, 1.0), ffn_mult, divisor)[2]  # type: ignore[arg-type]
+        ffn = layerwise_scaling(layers, d, h, groups, (0.5, 1.0), ffn_mult, divisor)[2]
     else:
         raise CheckpointError(
             path,
@@ -277,7 +277,7 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
             num_kv_heads=n_kv,
             ffn_dims=ffn,
             num_gqa_groups=groups,
-            qkv_multipliers=qkv,  # type: ignore[arg-type]
+            qkv_multipliers=qkv,
             ffn_multipliers=ffn_mult,
             vocab_size=data.get("vocab_size", HF_VOCAB_SIZE),
             max_context_length=data.get("max_context_length", 2048),

@@ -15,8 +15,9 @@ class ElmbenchError(Exception):
 class UnknownNameError(ElmbenchError):
     """A name (model, norm, device, suite, ...) that is not in its registry."""
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str],
-                 aliases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kind: str, name: str, valid: Iterable[str], aliases: dict[str, str] | None = None
+    ) -> None:
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         # Match against every accepted spelling, suggest the canonical name it belongs to.
         spellings = {v.lower(): v for v in self.valid}

@@ -42,8 +42,13 @@ def small270_cfg() -> ElmConfig:
 def write_checkpoint(tmp_path: Path) -> Callable[..., Path]:
     """Factory: write a seeded random HF-layout checkpoint of a config; returns the folder."""
 
-    def make(cfg: ElmConfig, seed: int = 0, name: str = "ckpt", dtype: str = "float32",
-             max_shard_bytes: int | None = None) -> Path:
+    def make(
+        cfg: ElmConfig,
+        seed: int = 0,
+        name: str = "ckpt",
+        dtype: str = "float32",
+        max_shard_bytes: int | None = None,
+    ) -> Path:
         from elmbench.checkpoints.hf import save_hf
         from elmbench.checkpoints.torch_load import load_state
 

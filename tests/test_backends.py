@@ -28,7 +28,7 @@ def test_generate_matches_full_forward_greedy(name: str) -> None:
         vocab = np.arange(backend.config.vocab_size)
         logp = np.stack([backend.score(seq, np.full_like(seq, v))[0][:, -1] for v in vocab], -1)
         seq = np.concatenate([seq, logp.argmax(-1)[:, None]], axis=1)
-    np.testing.assert_array_equal(generated, seq[:, prompt.shape[1]:])
+    np.testing.assert_array_equal(generated, seq[:, prompt.shape[1] :])
 
 
 def test_torch_and_mlx_score_the_same() -> None:
@@ -70,8 +70,13 @@ def test_unknown_and_unavailable_backends() -> None:
 
 
 def test_failed_case_becomes_a_record() -> None:
-    job = Job("elmbench.backends.tasks:generate", "torch",
-              ModelSpec(model="tiny", norm="apex").to_dict(), {}, "apex-case")
+    job = Job(
+        "elmbench.backends.tasks:generate",
+        "torch",
+        ModelSpec(model="tiny", norm="apex").to_dict(),
+        {},
+        "apex-case",
+    )
     (record,) = list(execute(job))
     assert record["status"] == "failed" and record["case_id"] == "apex-case"
     assert "apex" in record["reason"] and "pip install apex" in record["reason"]
@@ -80,8 +85,10 @@ def test_failed_case_becomes_a_record() -> None:
 def test_torch_and_mlx_jobs_run_in_separate_processes_and_both_come_back() -> None:
     spec = TINY.to_dict()
     params = {"gen_tokens": 4, "prompt_tokens": 6, "prompt_seed": 1}
-    jobs = [Job("elmbench.backends.tasks:generate", "torch", spec, params, "torch-case"),
-            Job("elmbench.backends.tasks:generate", "mlx", spec, params, "mlx-case")]
+    jobs = [
+        Job("elmbench.backends.tasks:generate", "torch", spec, params, "torch-case"),
+        Job("elmbench.backends.tasks:generate", "mlx", spec, params, "mlx-case"),
+    ]
     streamed: list[str] = []
     records = run_isolated(jobs, on_record=lambda r: streamed.append(r["case_id"]))
     assert [r["case_id"] for r in records] == ["torch-case", "mlx-case"] == streamed
@@ -91,7 +98,8 @@ def test_torch_and_mlx_jobs_run_in_separate_processes_and_both_come_back() -> No
     assert by_id["mlx-case"]["describe"]["backend"] == "mlx"
     assert by_id["torch-case"]["tokens"] == by_id["mlx-case"]["tokens"]
     assert by_id["torch-case"]["prompt_logprob_sum"] == pytest.approx(
-        by_id["mlx-case"]["prompt_logprob_sum"], abs=1e-3)
+        by_id["mlx-case"]["prompt_logprob_sum"], abs=1e-3
+    )
 
 
 def test_worker_that_dies_reports_failed_cases() -> None:

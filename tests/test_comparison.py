@@ -16,17 +16,29 @@ from elmbench.models.comparison import ComparisonConfig, build_comparison, get_c
 @pytest.fixture
 def small_olmo(monkeypatch: pytest.MonkeyPatch) -> ComparisonConfig:
     """OLMo's architecture at toy size, registered under a test name."""
-    cfg = dataclasses.replace(get_comparison("olmo-1b"), name="olmo-toy", hidden_size=64,
-                              num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=128,
-                              vocab_size=300)
+    cfg = dataclasses.replace(
+        get_comparison("olmo-1b"),
+        name="olmo-toy",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        intermediate_size=128,
+        vocab_size=300,
+    )
     monkeypatch.setitem(comparison.COMPARISON_MODELS, "olmo-toy", cfg)
     return cfg
 
 
 def test_olmo_1b_is_the_published_configuration() -> None:
     cfg = get_comparison("olmo-1b")
-    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size,
-            cfg.vocab_size) == (2048, 16, 16, 8192, 50304)
+    assert (
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    ) == (2048, 16, 16, 8192, 50304)
     assert cfg.num_norms == 33 and get_config("1_1b").num_norms == 113
     assert cfg.num_params == 1_176_764_416
 
@@ -45,7 +57,7 @@ def test_built_model_matches_its_config_and_caches(small_olmo: ComparisonConfig)
         full = model(tokens)
         model.setup_cache(2, 16)
         steps = [model.prefill(tokens[:, :6], last_only=False)]
-        steps += [model.decode(tokens[:, i:i + 1], i) for i in range(6, 10)]
+        steps += [model.decode(tokens[:, i : i + 1], i) for i in range(6, 10)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
 
 

@@ -14,8 +14,11 @@ def test_linear_params_equal_a_built_models_matmul_weights() -> None:
 
     model, _ = load_model("tiny")
     facts = ModelFacts.of(model.config)
-    matmul = sum(p.numel() for n, p in model.named_parameters()
-                 if p.ndim == 2 and "token_embeddings" not in n)
+    matmul = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if p.ndim == 2 and "token_embeddings" not in n
+    )
     assert facts.linear_params == matmul
     assert facts.head_params == model.transformer.token_embeddings.weight.numel()
     assert facts.num_params == model.num_parameters()
@@ -42,17 +45,20 @@ def test_forward_flops_match_a_flop_counter_on_the_matmuls() -> None:
     # A cached step after 9 tokens: one new token sees 10 keys; the head runs on one row.
     step = forward_flops(facts, batch=1, new_tokens=1, context_before=9, logits_rows=1)
     assert step == 2 * (facts.linear_params + facts.head_params) + sum(
-        2 * 2 * w * 10 for w in facts.attn_widths)
+        2 * 2 * w * 10 for w in facts.attn_widths
+    )
 
 
 def test_decode_bytes_add_weights_and_the_growing_cache() -> None:
     facts = ModelFacts.of(get_config("270m"))
     assert facts.kv_elems_per_token * 2 == 16128  # published bf16 KV bytes per token
-    one = decode_bytes(1000, facts, batch=1, prompt_tokens=10, decode_steps=1,
-                       kv_bytes_per_element=2)
+    one = decode_bytes(
+        1000, facts, batch=1, prompt_tokens=10, decode_steps=1, kv_bytes_per_element=2
+    )
     assert one == 1000 + 16128 * 11
-    three = decode_bytes(1000, facts, batch=2, prompt_tokens=10, decode_steps=3,
-                         kv_bytes_per_element=4)
+    three = decode_bytes(
+        1000, facts, batch=2, prompt_tokens=10, decode_steps=3, kv_bytes_per_element=4
+    )
     assert three == 3000 + 2 * facts.kv_elems_per_token * 4 * (11 + 12 + 13)
 
 

@@ -43,6 +43,7 @@ class Backend(ABC):
     """
 
     name: str = ""
+    config: Any  # the model's ElmConfig (or ComparisonConfig)
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -114,12 +115,18 @@ class BackendEntry:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "torch": BackendEntry("torch", "elmbench.backends.torch_backend:TorchBackend",
-                          "elmbench.backends.torch_backend:available",
-                          "PyTorch eager (CPU, CUDA, Apple MPS)"),
-    "mlx": BackendEntry("mlx", "elmbench.backends.mlx_backend:MlxBackend",
-                        "elmbench.backends.mlx_backend:available",
-                        "MLX (Metal on Apple silicon; CPU on Linux)"),
+    "torch": BackendEntry(
+        "torch",
+        "elmbench.backends.torch_backend:TorchBackend",
+        "elmbench.backends.torch_backend:available",
+        "PyTorch eager (CPU, CUDA, Apple MPS)",
+    ),
+    "mlx": BackendEntry(
+        "mlx",
+        "elmbench.backends.mlx_backend:MlxBackend",
+        "elmbench.backends.mlx_backend:available",
+        "MLX (Metal on Apple silicon; CPU on Linux)",
+    ),
 }
 
 

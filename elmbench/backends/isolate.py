@@ -29,8 +29,11 @@ class Job:
     case_id: str = ""
 
 
-def run_isolated(jobs: list[Job], on_record: Callable[[dict[str, Any]], None] | None = None,
-                 python: str = sys.executable) -> list[dict[str, Any]]:
+def run_isolated(
+    jobs: list[Job],
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    python: str = sys.executable,
+) -> list[dict[str, Any]]:
     """Run jobs in one child process per backend, in order; return (and stream) their records."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
@@ -47,15 +50,20 @@ def run_isolated(jobs: list[Job], on_record: Callable[[dict[str, Any]], None] | 
 def _run_group(backend: str, jobs: list[Job], python: str) -> Iterator[dict[str, Any]]:
     payload = "\n".join(json.dumps(asdict(j)) for j in jobs) + "\n"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([python, "-m", "elmbench.backends.isolate"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [python, "-m", "elmbench.backends.isolate"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdin is not None and proc.stdout is not None  # set by PIPE above
     proc.stdin.write(payload)
     proc.stdin.close()
     seen = set()
     for line in proc.stdout:
         if line.startswith(MARK):
-            record = json.loads(line[len(MARK):])
+            record = json.loads(line[len(MARK) :])
             seen.add(record.get("case_id"))
             yield record
     code = proc.wait()

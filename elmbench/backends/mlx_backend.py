@@ -17,8 +17,11 @@ def available() -> Availability:
     try:
         import mlx.core as mx
     except ImportError as exc:
-        return Availability(False, f"mlx is not installed ({exc})",
-                            "pip install 'mlx[cpu]' on Linux, or pip install mlx on a Mac")
+        return Availability(
+            False,
+            f"mlx is not installed ({exc})",
+            "pip install 'mlx[cpu]' on Linux, or pip install mlx on a Mac",
+        )
     return Availability(True, f"default device {mx.default_device()}")
 
 
@@ -30,8 +33,11 @@ def mlx_device(name: str) -> Any:
         return mx.cpu
     if name == "gpu":
         if not mx.metal.is_available():
-            raise UnavailableError("MLX device 'gpu'", "Metal is not available (MLX on Apple "
-                                   "silicon only)", "Use --device mlx-cpu")
+            raise UnavailableError(
+                "MLX device 'gpu'",
+                "Metal is not available (MLX on Apple silicon only)",
+                "Use --device mlx-cpu",
+            )
         return mx.gpu
     raise UnavailableError(f"MLX device '{name}'", "MLX runs on 'cpu' or 'gpu'")
 
@@ -51,8 +57,14 @@ class MlxBackend(Backend):
         from elmbench.checkpoints.mlx_load import load_mlx_model
 
         self.model, self.source = load_mlx_model(
-            spec.model, spec.weights, spec.norm, spec.dtype, spec.seed, spec.crop_vocab,
-            spec.quantize, spec.group_size,
+            spec.model,
+            spec.weights,
+            spec.norm,
+            spec.dtype,
+            spec.seed,
+            spec.crop_vocab,
+            spec.quantize,
+            spec.group_size,
         )
         self.config = self.model.config
         mx.eval(self.model.parameters())

@@ -24,11 +24,15 @@ def torch_device(name: str) -> torch.device:
     """Validate a torch device name against what is present."""
     kind = name.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError("device 'cuda'", "no CUDA GPU is visible to torch",
-                               "Use --device cpu, or run on a machine with an NVIDIA GPU")
+        raise UnavailableError(
+            "device 'cuda'",
+            "no CUDA GPU is visible to torch",
+            "Use --device cpu, or run on a machine with an NVIDIA GPU",
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UnavailableError("device 'mps'", "Apple MPS is not available here",
-                               "Use --device cpu")
+        raise UnavailableError(
+            "device 'mps'", "Apple MPS is not available here", "Use --device cpu"
+        )
     if kind not in ("cpu", "cuda", "mps"):
         raise UnavailableError(f"device '{name}'", "torch runs on cpu, cuda[:N] or mps")
     return torch.device(name)
@@ -50,12 +54,15 @@ class TorchBackend(Backend):
 
         super().__init__(spec)
         if spec.quantize:
-            raise UnavailableError("--quantize with the torch backend",
-                                   "quantized weights are an MLX feature here",
-                                   "Use --backend mlx, or drop --quantize")
+            raise UnavailableError(
+                "--quantize with the torch backend",
+                "quantized weights are an MLX feature here",
+                "Use --backend mlx, or drop --quantize",
+            )
         self.device = torch_device(spec.device)
-        self.model, self.source = load_model(spec.model, spec.weights, spec.norm, spec.dtype,
-                                             self.device, spec.seed, spec.crop_vocab)
+        self.model, self.source = load_model(
+            spec.model, spec.weights, spec.norm, spec.dtype, self.device, spec.seed, spec.crop_vocab
+        )
         self.config = self.model.config
 
     def setup(self, batch_size: int, max_seq_len: int) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from elmbench.checkpoints import WeightsSource
 from elmbench.config import ElmConfig, get_config
 from elmbench.errors import CheckpointError, ElmbenchError
+
+if TYPE_CHECKING:
+    from elmbench.models.openelm_torch import OpenELM
 
 DTYPES = {
     "float32": torch.float32,
@@ -76,7 +80,7 @@ def build_model(
     state: dict[str, torch.Tensor],
     norm: str = "naive",
     device: str | torch.device = "cpu",
-) -> torch.nn.Module:
+) -> OpenELM:
     """Construct OpenELM on `meta` and assign the validated state (no double initialisation)."""
     from elmbench.models.openelm_torch import OpenELM
 
@@ -102,7 +106,7 @@ def load_model(
     device: str | torch.device = "cpu",
     seed: int = 0,
     crop_vocab: bool = True,
-) -> tuple[torch.nn.Module, WeightsSource]:
+) -> tuple[OpenELM, WeightsSource]:
     """One call from user options to a ready torch model and the identity of its weights."""
     cfg, state, source = load_state(model, weights, seed, dtype, crop_vocab)
     return build_model(cfg, state, norm, device), source

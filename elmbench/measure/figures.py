@@ -37,12 +37,24 @@ class ModelFacts:
             linear = cfg.num_layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size)
             widths = (d,) * cfg.num_layers
             head = cfg.vocab_size * d
-        return cls(cfg.name, cfg.num_params, linear, head, widths,
-                   cfg.kv_cache_bytes_per_token(1), cfg.num_norms)
+        return cls(
+            cfg.name,
+            cfg.num_params,
+            linear,
+            head,
+            widths,
+            cfg.kv_cache_bytes_per_token(1),
+            cfg.num_norms,
+        )
 
 
-def forward_flops(facts: ModelFacts, batch: int, new_tokens: int, context_before: int = 0,
-                  logits_rows: int | None = None) -> int:
+def forward_flops(
+    facts: ModelFacts,
+    batch: int,
+    new_tokens: int,
+    context_before: int = 0,
+    logits_rows: int | None = None,
+) -> int:
     """FLOPs of one forward over `new_tokens` per sequence after `context_before` cached ones.
 
     2 per multiply-add: linear layers on every new token, the head on `logits_rows` rows
@@ -57,8 +69,14 @@ def forward_flops(facts: ModelFacts, batch: int, new_tokens: int, context_before
     return batch * (linear + head + attention)
 
 
-def decode_bytes(weight_bytes: int, facts: ModelFacts, batch: int, prompt_tokens: int,
-                 decode_steps: int, kv_bytes_per_element: int) -> int:
+def decode_bytes(
+    weight_bytes: int,
+    facts: ModelFacts,
+    batch: int,
+    prompt_tokens: int,
+    decode_steps: int,
+    kv_bytes_per_element: int,
+) -> int:
     """Bytes read by `decode_steps` cached steps: all weights once per step plus the KV cache.
 
     Step s (0-based) runs after the prompt and s + 1 generated tokens, so it reads

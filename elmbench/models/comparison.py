@@ -61,15 +61,30 @@ class ComparisonConfig:
 
 COMPARISON_MODELS: dict[str, ComparisonConfig] = {
     "olmo-1b": ComparisonConfig(
-        "olmo-1b", "olmo", hidden_size=2048, num_layers=16, num_heads=16, num_kv_heads=16,
-        intermediate_size=8192, vocab_size=50304, norm_eps=1e-5,
+        "olmo-1b",
+        "olmo",
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=16,
+        num_kv_heads=16,
+        intermediate_size=8192,
+        vocab_size=50304,
+        norm_eps=1e-5,
         native_norm="non-parametric LayerNorm",
         summary="OLMo-1B (allenai/OLMo-1B config): the paper's speed comparison",
         hf_kwargs={"max_position_embeddings": 2048, "pad_token_id": 1, "eos_token_id": 50279},
     ),
     "llama-270m": ComparisonConfig(
-        "llama-270m", "llama", hidden_size=1280, num_layers=16, num_heads=20, num_kv_heads=5,
-        intermediate_size=2688, vocab_size=32000, norm_eps=1e-6, native_norm="LlamaRMSNorm",
+        "llama-270m",
+        "llama",
+        hidden_size=1280,
+        num_layers=16,
+        num_heads=20,
+        num_kv_heads=5,
+        intermediate_size=2688,
+        vocab_size=32000,
+        norm_eps=1e-6,
+        native_norm="LlamaRMSNorm",
         summary="LLaMA-architecture peer of OpenELM-270M's size (HF transformers reference)",
         hf_kwargs={"max_position_embeddings": 2048},
     ),
@@ -85,10 +100,14 @@ def get_comparison(name: str) -> ComparisonConfig:
 
 def _hf_model(cfg: ComparisonConfig) -> nn.Module:
     common = dict(
-        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
-        tie_word_embeddings=True, **cfg.hf_kwargs,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        intermediate_size=cfg.intermediate_size,
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=True,
+        **cfg.hf_kwargs,
     )
     if cfg.family == "olmo":
         from transformers import OlmoConfig, OlmoForCausalLM
@@ -103,9 +122,11 @@ def swap_norms(model: nn.Module, cfg: ComparisonConfig, norm: str) -> int:
     """Replace every native norm module with the registry's variant; returns how many."""
     variant = get_norm(norm, "torch")
     native = "LayerNorm" if cfg.family == "olmo" else "RMSNorm"
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod).__name__.endswith(native) and type(mod).__module__.startswith(
-                   "transformers")]
+    targets = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if type(mod).__name__.endswith(native) and type(mod).__module__.startswith("transformers")
+    ]
     for name, _ in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -120,7 +141,7 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.norm_name = norm
-        self.hf = model
+        self.hf: Any = model
         self.cache: Any = None
 
     def forward(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -136,8 +157,12 @@ class HFCausalLM(nn.Module):
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Prompt through the cache; logits of the last position."""
-        out = self.hf(input_ids=tokens, past_key_values=self.cache, use_cache=True,
-                      logits_to_keep=1 if last_only else 0)
+        out = self.hf(
+            input_ids=tokens,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+        )
         return out.logits
 
     def decode(self, token: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
@@ -150,8 +175,13 @@ class HFCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_comparison(name: str, norm: str = NATIVE, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu", seed: int = 0) -> HFCausalLM:
+def build_comparison(
+    name: str,
+    norm: str = NATIVE,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> HFCausalLM:
     """Random-weight comparison model; `norm` other than 'native' swaps in a registry variant."""
     cfg = get_comparison(name)
     if norm != NATIVE:

@@ -43,6 +43,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache(nn.Module):
     """Preallocated K/V buffers indexed by position (static shapes for compile and CUDA graphs)."""
 
+    k: torch.Tensor
+    v: torch.Tensor
+
     def __init__(
         self,
         batch: int,
@@ -145,10 +148,12 @@ class OpenELMDecoderLayer(nn.Module):
 class OpenELMModel(nn.Module):
     """Token embeddings, the decoder layers and the final norm (HF `transformer`)."""
 
+    layers: list[OpenELMDecoderLayer]  # an nn.ModuleList at run time
+
     def __init__(self, cfg: ElmConfig, make_norm: NormFactory) -> None:
         super().__init__()
         self.token_embeddings = nn.Embedding(cfg.vocab_size, cfg.model_dim)
-        self.layers = nn.ModuleList(
+        self.layers = nn.ModuleList(  # type: ignore[assignment]
             OpenELMDecoderLayer(cfg, i, make_norm) for i in range(cfg.num_layers)
         )
         self.norm = make_norm(cfg.model_dim, cfg.norm_eps)
@@ -156,6 +161,10 @@ class OpenELMModel(nn.Module):
 
 class OpenELM(nn.Module):
     """OpenELM for causal LM (HF `OpenELMForCausalLM`): tied output head, no biases."""
+
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    causal_mask: torch.Tensor
 
     def __init__(self, cfg: ElmConfig, norm: str = "naive") -> None:
         super().__init__()
