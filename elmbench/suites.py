@@ -1,0 +1,214 @@
+"""Suite files (`suites/*.yaml`): validated specs of what a measurement runs.
+
+Every key is checked; a mistake is one line naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from elmbench.errors import ElmbenchError, UnknownNameError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+KINDS = ("throughput", "norms")
+COMPILE_MODES = ("none", "inductor", "cudagraphs", "mx.compile")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class SuiteError(ElmbenchError):
+    """A suite file that does not validate."""
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """One suite: the product of its list-valued fields is the set of cases."""
+
+    name: str
+    kind: str = "throughput"
+    description: str = ""
+    models: tuple[str, ...] = ("270m",)
+    weights: str | None = None
+    backend: str | None = None  # None: every backend the device allows
+    device: str = "auto"
+    norms: tuple[str, ...] = ("all",)
+    dtypes: tuple[str, ...] = ("float32",)
+    prompt_tokens: tuple[int, ...] = (512,)
+    gen_tokens: tuple[int, ...] = (128,)
+    batch_sizes: tuple[int, ...] = (1,)
+    compile: tuple[str, ...] = ("none",)
+    warmup: int = 1
+    repetitions: int = 3
+    min_seconds: float = 2.0
+    seed: int = 0
+    norm_tokens: tuple[int, ...] = (1, 512)  # kind 'norms': rows per call of the micro-benchmark
+    source: str = "<command line>"
+
+    def with_overrides(self, **overrides: Any) -> SuiteSpec:
+        """The spec with the given (already parsed) values replacing the suite's."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for run.json."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _positive_ints(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
+    ):
+        raise ValueError("a positive integer or a list of them")
+    return tuple(items)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(str(v).strip() for v in items if str(v).strip())
+    if not names:
+        raise ValueError("a name or a list of names")
+    return names
+
+
+def _dtypes(value: Any) -> tuple[str, ...]:
+    out = []
+    for name in _names(value):
+        name = _DTYPE_ALIASES.get(name.lower(), name.lower())
+        if name not in DTYPE_NAMES:
+            raise ValueError(f"dtypes from {', '.join(DTYPE_NAMES)} (or fp32, bf16, fp16)")
+        out.append(name)
+    return tuple(out)
+
+
+def _compile(value: Any) -> tuple[str, ...]:
+    modes = _names(value)
+    for mode in modes:
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"modes from {', '.join(COMPILE_MODES)}")
+    return modes
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"an integer >= {low}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError("a number >= 0")
+    return float(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "name": str,
+    "kind": _choice(KINDS),
+    "description": str,
+    "models": _names,
+    "weights": _optional_str,
+    "backend": lambda v: None if v is None else _choice(("torch", "mlx"))(v),
+    "device": str,
+    "norms": _names,
+    "dtypes": _dtypes,
+    "prompt_tokens": _positive_ints,
+    "gen_tokens": _positive_ints,
+    "batch_sizes": _positive_ints,
+    "compile": _compile,
+    "warmup": _int_at_least(0),
+    "repetitions": _int_at_least(1),
+    "min_seconds": _non_negative_float,
+    "seed": _int_at_least(0),
+    "norm_tokens": _positive_ints,
+}
+
+
+def parse_value(key: str, value: Any, where: str) -> Any:
+    """Parse one field; errors name where, the key, the value and what is allowed."""
+    try:
+        return PARSERS[key](value)
+    except ValueError as exc:
+        raise SuiteError(f"{where}: key '{key}' must be {exc}; found {value!r}") from None
+
+
+def load_suite(path: str | Path) -> SuiteSpec:
+    """Read and validate a suite file (names are checked too: models, norms, devices)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"{where}: suite file not found") from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{where}: a suite is a mapping of keys to values")
+    values: dict[str, Any] = {"name": path.stem, "source": where}
+    for key, value in data.items():
+        if key not in PARSERS:
+            close = difflib.get_close_matches(str(key), PARSERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SuiteError(
+                f"{where}: unknown key '{key}'{hint}; allowed keys: {', '.join(PARSERS)}"
+            )
+        values[key] = parse_value(key, value, where)
+    spec = SuiteSpec(**values)
+    check_names(spec)
+    return spec
+
+
+def check_names(spec: SuiteSpec) -> None:
+    """Model and norm names must exist in their registries (availability is checked at run)."""
+    from elmbench.config import get_config
+    from elmbench.models.comparison import COMPARISON_MODELS
+    from elmbench.norms import NORMS
+
+    for model in spec.models:
+        if model not in COMPARISON_MODELS:
+            try:
+                get_config(model)
+            except UnknownNameError as exc:
+                raise SuiteError(f"{spec.source}: key 'models': {exc}") from None
+    known = {n for table in NORMS.values() for n in table} | {"all", "native"}
+    for norm in spec.norms:
+        if norm not in known:
+            raise SuiteError(
+                f"{spec.source}: key 'norms': {UnknownNameError('norm', norm, sorted(known))}"
+            )
+
+
+def suite_path(name: str) -> Path:
+    """A suite by name (`smoke`) from suites/, or a path to a YAML file."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise UnknownNameError("suite", name, [p.stem for p in list_suites()])
+    return path
+
+
+def list_suites() -> list[Path]:
+    """The suite files shipped in suites/."""
+    return sorted(SUITES_DIR.glob("*.yaml"))
