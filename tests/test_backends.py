@@ -25,9 +25,9 @@ def test_generate_matches_full_forward_greedy(name: str) -> None:
     # Greedy by hand through full forwards (no cache): the cached path must pick the same tokens.
     seq = prompt
     for _ in range(5):
-        vocab = np.arange(backend.config.vocab_size)
-        logp = np.stack([backend.score(seq, np.full_like(seq, v))[0][:, -1] for v in vocab], -1)
-        seq = np.concatenate([seq, logp.argmax(-1)[:, None]], axis=1)
+        t = seq.shape[1]
+        last = backend.logprob_rows(seq, [t, t], [1, 1])  # (1, V) per row
+        seq = np.concatenate([seq, np.stack([r[0].argmax() for r in last])[:, None]], axis=1)
     np.testing.assert_array_equal(generated, seq[:, prompt.shape[1] :])
 
 
@@ -41,12 +41,21 @@ def test_torch_and_mlx_score_the_same() -> None:
     np.testing.assert_array_equal(greedy_t, greedy_m)
 
 
-def test_score_is_a_log_softmax() -> None:
+def test_logprob_rows_are_log_softmax_at_the_real_positions() -> None:
     backend = create_backend("torch", TINY)
-    prompt = _prompt(backend.config.vocab_size, b=1, t=4)
-    vocab = backend.config.vocab_size
-    total = sum(np.exp(backend.score(prompt, np.full_like(prompt, v))[0]) for v in range(vocab))
-    np.testing.assert_allclose(total, 1.0, rtol=1e-4)
+    prompt = _prompt(backend.config.vocab_size, b=2, t=6)
+    padded = prompt.copy()
+    padded[1, 4:] = 0  # row 1 has 4 real tokens, then right padding
+    rows = backend.logprob_rows(padded, [6, 4], [3, 2])
+    assert [r.shape for r in rows] == [(3, 512), (2, 512)]
+    np.testing.assert_allclose(np.exp(rows[0]).sum(-1), 1.0, rtol=1e-5)
+    # Right padding cannot change earlier positions of a causal model.
+    alone = backend.logprob_rows(prompt[1:, :4], [4], [2])[0]
+    np.testing.assert_allclose(rows[1], alone, atol=1e-5)
+    picked, greedy = backend.score(prompt[:, :-1], prompt[:, 1:])
+    full = backend.logprob_rows(prompt[:, :-1], [5, 5], [5, 5])
+    np.testing.assert_allclose(picked[0], full[0][np.arange(5), prompt[0, 1:]], atol=1e-6)
+    assert greedy.shape == (2, 5)
 
 
 def test_describe_and_memory() -> None:

@@ -65,8 +65,18 @@ class Backend(ABC):
         """Materialise a token handle on the host."""
 
     @abstractmethod
+    def logprob_rows(
+        self, tokens: np.ndarray, lengths: list[int], last: list[int]
+    ) -> list[np.ndarray]:
+        """One full forward over right-padded tokens (B, T); for row b, the fp32 log-softmax
+        (last[b], V) at its final `last[b]` real positions (those before lengths[b])."""
+
     def score(self, tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Full forward over (B, T): log-prob of each target (B, T) and whether it is the argmax."""
+        """Log-prob of each target (B, T) after its prefix, and whether it is the argmax."""
+        b, t = tokens.shape
+        rows = np.stack(self.logprob_rows(tokens, [t] * b, [t] * b))  # (B, T, V)
+        picked = np.take_along_axis(rows, targets[..., None], axis=-1)[..., 0]
+        return picked, rows.argmax(-1) == targets
 
     @abstractmethod
     def synchronize(self, value: Any = None) -> None:

@@ -86,16 +86,18 @@ class MlxBackend(Backend):
         """Tokens on the host."""
         return np.array(tokens)
 
-    def score(self, tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Target log-probs (fp32 log-softmax) and greedy flags from one full forward."""
+    def logprob_rows(
+        self, tokens: np.ndarray, lengths: list[int], last: list[int]
+    ) -> list[np.ndarray]:
+        """fp32 log-softmax rows at each sequence's last positions, from one forward."""
         mx = self.mx
-        logits = self.model(mx.array(tokens.astype(np.int32))).astype(mx.float32)
-        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, T, V)
-        y = mx.array(targets.astype(np.int32))
-        picked = mx.take_along_axis(logp, y[..., None], axis=-1).squeeze(-1)
-        greedy = mx.argmax(logp, axis=-1) == y
-        mx.eval(picked, greedy)
-        return np.array(picked), np.array(greedy)
+        logits = self.model(mx.array(tokens.astype(np.int32)))  # (B, T, V)
+        rows = []
+        for b, (n, k) in enumerate(zip(lengths, last, strict=True)):
+            part = logits[b, n - k : n].astype(mx.float32)
+            rows.append(part - mx.logsumexp(part, axis=-1, keepdims=True))
+        mx.eval(rows)
+        return [np.array(r) for r in rows]
 
     def synchronize(self, value: Any = None) -> None:
         """Evaluate `value` (lazy graphs run only when evaluated), then wait for the stream."""

@@ -85,14 +85,16 @@ class TorchBackend(Backend):
         return tokens.cpu().numpy()
 
     @torch.inference_mode()
-    def score(self, tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Target log-probs (fp32 log-softmax) and greedy flags from one full forward."""
+    def logprob_rows(
+        self, tokens: np.ndarray, lengths: list[int], last: list[int]
+    ) -> list[np.ndarray]:
+        """fp32 log-softmax rows at each sequence's last positions, from one forward."""
         x = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
-        y = torch.as_tensor(targets, dtype=torch.long, device=self.device)
-        logp = torch.log_softmax(self.model(x).float(), dim=-1)  # (B, T, V)
-        picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        greedy = logp.argmax(-1) == y
-        return picked.cpu().numpy(), greedy.cpu().numpy()
+        logits = self.model(x)  # (B, T, V)
+        return [
+            torch.log_softmax(logits[b, n - k : n].float(), dim=-1).cpu().numpy()
+            for b, (n, k) in enumerate(zip(lengths, last, strict=True))
+        ]
 
     def synchronize(self, value: Any = None) -> None:
         """CUDA/MPS synchronize; CPU work is already done when ops return."""
