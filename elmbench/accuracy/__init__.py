@@ -1,0 +1,1 @@
+"""Accuracy through lm-evaluation-harness: the adapter, tokenizers, suites and offline task data."""

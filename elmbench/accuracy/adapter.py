@@ -1,0 +1,167 @@
+"""One lm-eval model class over the backend seam, for torch and MLX alike.
+
+Scoring is batched (length-sorted, right-padded, one forward per batch) and requests whose inputs
+are identical (the choices of a multiple-choice question with one-token answers) share a forward,
+as lm-eval's HF model does with its logits cache. Results equal scoring one request at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+
+from elmbench.accuracy.tokenizer import Tokenizer
+from elmbench.backends import Backend
+
+Request = tuple[Any, list[int], list[int]]
+
+
+class ElmLM(TemplateLM):
+    """OpenELM (any backend) as an lm-eval language model; BOS added as in the paper."""
+
+    def __init__(
+        self,
+        model: Backend,
+        tokenizer: Tokenizer,
+        batch_size: int = 1,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        add_bos_token: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer_impl = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self._max_length = max_length or int(model.config.max_context_length)
+        self.max_gen_toks = max_gen_toks
+        self.add_bos_token = add_bos_token
+        self.forwards = 0  # forward passes run, for the batching benchmark
+
+    @property
+    def eot_token_id(self) -> int:
+        """End of text: the tokenizer's EOS."""
+        return self.tokenizer_impl.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Context for an empty context: BOS (as lm-eval's HF model with add_bos_token)."""
+        return self.tokenizer_impl.bos_id if self.add_bos_token else self.eot_token_id
+
+    @property
+    def max_length(self) -> int:
+        """The model's context length."""
+        return self._max_length
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
+    ) -> list[int]:
+        """Ids of `string`, with BOS first unless special tokens are turned off."""
+        ids = self.tokenizer_impl.encode(string)
+        bos = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        return [self.tokenizer_impl.bos_id, *ids] if bos else ids
+
+    def tok_decode(self, ids: Sequence[int]) -> str:
+        """Text of ids."""
+        return self.tokenizer_impl.decode(list(ids))
+
+    # Scoring -------------------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(
+        self, requests: list[Request], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, whether every continuation token is the argmax)."""
+        inputs: dict[tuple[int, ...], list[int]] = {}  # shared input -> request indices
+        plans = []
+        for i, (_, context, continuation) in enumerate(requests):
+            if not continuation:
+                raise ValueError("lm-eval gave an empty continuation")
+            whole = (context + continuation)[-(self.max_length + 1) :]
+            inp = tuple(whole[:-1])
+            plans.append((inp, continuation))
+            inputs.setdefault(inp, []).append(i)
+        # Longest first, so a batch that does not fit fails at once; rows of a batch are padded.
+        unique = sorted(inputs, key=lambda t: (-len(t), t))
+        rows: dict[tuple[int, ...], np.ndarray] = {}
+        for start in range(0, len(unique), self.batch_size):
+            batch = unique[start : start + self.batch_size]
+            need = [max(len(plans[i][1]) for i in inputs[inp]) for inp in batch]
+            for inp, out in zip(batch, self._logprob_rows(batch, need), strict=True):
+                rows[inp] = out
+        results = []
+        for (key, _, _), (inp, continuation) in zip(requests, plans, strict=True):
+            logp = rows[inp][-len(continuation) :]  # (len(cont), V)
+            targets = np.asarray(continuation)
+            picked = logp[np.arange(len(targets)), targets]
+            greedy = bool((logp.argmax(-1) == targets).all())
+            answer = (float(picked.sum()), greedy)
+            results.append(answer)
+            if key is not None:  # rolling windows carry no request key
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return results
+
+    def _logprob_rows(self, batch: list[tuple[int, ...]], last: list[int]) -> list[np.ndarray]:
+        lengths = [len(inp) for inp in batch]
+        tokens = np.zeros((len(batch), max(lengths)), dtype=np.int64)  # right padding
+        for r, inp in enumerate(batch):
+            tokens[r, : len(inp)] = inp
+        self.forwards += 1
+        return self.model.logprob_rows(tokens, lengths, last)
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole strings over disjoint windows of the context length."""
+        out = []
+        for request in requests:
+            (string,) = request.args
+            windows = [
+                (None, *lm_utils.make_disjoint_window(w))
+                for w in lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows))
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            out.append(total)
+        return out
+
+    # Generation ----------------------------------------------------------------------------------
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy generation with the KV cache until a stop sequence, EOS or the token limit."""
+        out = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            kwargs = dict(gen_kwargs or {})
+            until = kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
+            until = [until] if isinstance(until, str) else list(until)
+            limit = int(kwargs.get("max_gen_toks", self.max_gen_toks))
+            text = self.generate_greedy(context, until, limit)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+    def generate_greedy(self, context: str, until: list[str], limit: int) -> str:
+        """Greedy continuation of `context`, cut before the first stop sequence."""
+        ids = self.tok_encode(context)[-(self.max_length - limit) :]
+        prompt = np.asarray([ids], dtype=np.int64)
+        self.model.setup(1, len(ids) + limit)
+        generated: list[int] = []
+        tok = self.model.prefill(prompt)
+        for step in range(limit):
+            token = int(self.model.to_numpy(tok)[0, 0])
+            if token == self.eot_token_id:
+                break
+            generated.append(token)
+            text = self.tok_decode(generated)
+            cut = min((text.find(s) for s in until if s and s in text), default=-1)
+            if cut >= 0:
+                return text[:cut]
+            if step + 1 < limit:
+                tok = self.model.decode(tok, len(ids) + step)
+        return self.tok_decode(generated)

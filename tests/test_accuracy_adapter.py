@@ -1,0 +1,149 @@
+"""The lm-eval adapter against direct computation with the model, on a tiny random model and a
+SentencePiece tokenizer trained here."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from elmbench.accuracy.adapter import ElmLM
+from elmbench.accuracy.tokenizer import SentencePieceTokenizer, load_tokenizer
+from elmbench.backends import Backend, ModelSpec, create_backend
+from elmbench.errors import ElmbenchError
+
+
+@pytest.fixture(scope="session")
+def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400-piece SentencePiece model (LLaMA ids: unk 0, BOS 1, EOS 2) trained on stdlib text."""
+    import sentencepiece as spm
+
+    text = inspect.getsource(json) + inspect.getsource(inspect)
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 20]
+    prefix = tmp_path_factory.mktemp("spm") / "tok"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=400,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model")
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    return create_backend("torch", ModelSpec(model="tiny", seed=5))
+
+
+class Req:
+    """The part of lm-eval's Instance the adapter reads."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+
+def _direct(backend: Backend, ids: list[int], n_cont: int) -> tuple[float, bool]:
+    tokens = np.asarray([ids[:-1]])
+    picked, greedy = backend.score(tokens, np.asarray([ids[1:]]))
+    return float(picked[0, -n_cont:].sum()), bool(greedy[0, -n_cont:].all())
+
+
+def test_loglikelihood_equals_direct_computation(sp_model: Path, backend: Backend) -> None:
+    lm = ElmLM(backend, SentencePieceTokenizer(sp_model), batch_size=3)
+    pairs = [
+        ("The object is", " a dictionary"),
+        ("Return the", " value"),
+        ("def", " decode(self, s)"),
+        ("", "json module"),
+        ("Raise an error ", "if"),
+    ]
+    results = lm.loglikelihood([Req(c, x) for c, x in pairs], disable_tqdm=True)
+    for (context, continuation), (ll, greedy) in zip(pairs, results, strict=True):
+        if context:
+            ctx, cont = lm._encode_pair(context, continuation)
+        else:  # empty context: BOS is the context
+            ctx, cont = [1], lm.tok_encode(continuation, add_special_tokens=False)
+        assert ctx[0] == 1  # BOS added, as in the paper
+        want_ll, want_greedy = _direct(backend, ctx + cont, len(cont))
+        assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
+
+
+def test_batched_equals_one_at_a_time_and_shares_inputs(sp_model: Path, backend: Backend) -> None:
+    tok = SentencePieceTokenizer(sp_model)
+    context = "Deserialize a JSON document to a Python object. Answer:"
+    choices = [" A", " B", " C", " D", " object", " string of text"]
+    reqs = [Req(context, c) for c in choices] + [Req("Serialize", " obj")]
+    one = ElmLM(backend, tok, batch_size=1)
+    many = ElmLM(backend, tok, batch_size=4)
+    a = one.loglikelihood(reqs, disable_tqdm=True)
+    b = many.loglikelihood(reqs, disable_tqdm=True)
+    for (la, ga), (lb, gb) in zip(a, b, strict=True):
+        assert la == pytest.approx(lb, abs=1e-4) and ga == gb
+    # Answers whose scored input (context + all but the last answer token) is the same share
+    # one forward, as lm-eval's logits cache does for multiple-choice questions.
+    encoded = [one._encode_pair(r.args[0], r.args[1]) for r in reqs]
+    distinct = {tuple((c + x)[:-1]) for c, x in encoded}
+    assert len(distinct) < len(reqs)
+    assert one.forwards == len(distinct)
+    assert many.forwards == -(-len(distinct) // 4)
+
+
+def test_greedy_flag_is_true_for_the_models_own_choice(sp_model: Path, backend: Backend) -> None:
+    lm = ElmLM(backend, SentencePieceTokenizer(sp_model))
+    ctx = lm.tok_encode("Return the value")
+    best = int(backend.logprob_rows(np.asarray([ctx]), [len(ctx)], [1])[0][0].argmax())
+    other = (best + 1) % 400
+    (_, g1), (_, g2) = lm._loglikelihood_tokens([(None, ctx, [best]), (None, ctx, [other])])
+    assert g1 and not g2
+
+
+def test_rolling_windows_cover_every_token_once(sp_model: Path, backend: Backend) -> None:
+    lm = ElmLM(backend, SentencePieceTokenizer(sp_model), max_length=16)
+    text = "Serialize obj to a JSON formatted str using this conversion table and more words"
+    ids = lm.tok_encode(text)
+    assert len(ids) > 16  # forces several windows
+    (total,) = lm.loglikelihood_rolling([Req(text)])
+    # Direct: windows of 16 predicted tokens; the first is conditioned on BOS, each later one on
+    # the tokens just before it, so every window's input is at most 16 tokens.
+    seq = [1, *ids]  # the prefix token, then the (BOS-led) encoding
+    want = 0.0
+    for start in range(0, len(ids), 16):
+        end = min(start + 16, len(ids))
+        window = seq[max(0, end - 16) : end + 1]
+        want += _direct(backend, window, end - start)[0]
+    assert total == pytest.approx(want, abs=1e-3)
+
+
+def test_generate_until_is_greedy_and_stops(sp_model: Path, backend: Backend) -> None:
+    tok = SentencePieceTokenizer(sp_model)
+    lm = ElmLM(backend, tok)
+    context = "The decoder returns"
+    ids = lm.tok_encode(context)
+    want = backend.generate(np.asarray([ids]), 6)[0].tolist()
+    if tok.eos_id in want:
+        want = want[: want.index(tok.eos_id)]
+    (text,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 6})])
+    assert text == tok.decode(want)
+    if len(text) > 2:
+        stop = text[1:3]
+        (cut,) = lm.generate_until([Req(context, {"until": [stop], "max_gen_toks": 6})])
+        assert cut == text[: text.find(stop)]
+
+
+def test_tokenizer_errors(tmp_path: Path) -> None:
+    with pytest.raises(ElmbenchError, match="no tokenizer given"):
+        load_tokenizer(None)
+    with pytest.raises(ElmbenchError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing" / "tokenizer.model"))
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ElmbenchError, match="not a SentencePiece model"):
+        load_tokenizer(str(bad))
