@@ -9,11 +9,14 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from elmbench.errors import ElmbenchError, UnknownNameError
+
+if TYPE_CHECKING:
+    from elmbench.accuracy.suites import AccuracySuite
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 KINDS = ("throughput", "norms")
@@ -152,7 +155,7 @@ def parse_value(key: str, value: Any, where: str) -> Any:
         raise SuiteError(f"{where}: key '{key}' must be {exc}; found {value!r}") from None
 
 
-def load_suite(path: str | Path) -> SuiteSpec:
+def load_suite(path: str | Path) -> SuiteSpec | AccuracySuite:
     """Read and validate a suite file (names are checked too: models, norms, devices)."""
     path = Path(path)
     where = str(path)
@@ -164,6 +167,10 @@ def load_suite(path: str | Path) -> SuiteSpec:
         raise SuiteError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise SuiteError(f"{where}: a suite is a mapping of keys to values")
+    if data.get("kind") == "accuracy":
+        from elmbench.accuracy.suites import parse_accuracy_suite
+
+        return parse_accuracy_suite(path.stem, data, where)
     values: dict[str, Any] = {"name": path.stem, "source": where}
     for key, value in data.items():
         if key not in PARSERS:

@@ -19,12 +19,20 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", list_suites(), ids=lambda p: p.stem)
 def test_every_shipped_suite_validates(path: Path) -> None:
     spec = load_suite(path)
-    assert spec.name == path.stem and spec.kind in ("throughput", "norms")
+    assert spec.name == path.stem and spec.kind in ("throughput", "norms", "accuracy")
     assert spec.description
 
 
 def test_shipped_suites_exist() -> None:
-    assert {p.stem for p in list_suites()} >= {"smoke", "throughput", "norms", "ci"}
+    assert {p.stem for p in list_suites()} >= {
+        "smoke",
+        "throughput",
+        "norms",
+        "ci",
+        "zero_shot",
+        "openllm",
+        "llm360",
+    }
 
 
 def test_values_are_parsed(tmp_path: Path) -> None:
@@ -69,3 +77,54 @@ def test_missing_file_and_unknown_suite_name(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="Did you mean 'smoke'"):
         suite_path("smok")
     assert suite_path("smoke").name == "smoke.yaml"
+
+
+PAPER_TASKS = {
+    "zero_shot": {
+        "arc_challenge": 0,
+        "arc_easy": 0,
+        "boolq": 0,
+        "hellaswag": 0,
+        "piqa": 0,
+        "sciq": 0,
+        "winogrande": 0,
+    },
+    "openllm": {
+        "arc_challenge": 25,
+        "hellaswag": 10,
+        "mmlu": 5,
+        "truthfulqa_mc2": 0,
+        "winogrande": 5,
+    },
+    "llm360": {
+        "arc_challenge": 25,
+        "crows_pairs_english": 25,
+        "hellaswag": 10,
+        "mmlu": 5,
+        "piqa": 0,
+        "race": 0,
+        "truthfulqa_mc2": 0,
+        "winogrande": 5,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TASKS))
+def test_accuracy_suites_follow_the_paper(name: str) -> None:
+    from elmbench.accuracy.suites import PAPER_MODELS, AccuracySuite
+
+    suite = load_suite(suite_path(name))
+    assert isinstance(suite, AccuracySuite)
+    assert {t.task: t.shots for t in suite.tasks} == PAPER_TASKS[name]
+    for task in suite.tasks:
+        assert set(task.published) == set(PAPER_MODELS)
+        unknown = task.task in ("arc_challenge", "arc_easy", "hellaswag", "piqa", "sciq")
+        assert task.metric_known is not unknown
+        assert task.metrics == (("acc", "acc_norm") if unknown else task.metrics)
+    # The published averages are unweighted means of the (unrounded) task scores.
+    for model in PAPER_MODELS:
+        mean = sum(t.published[model] for t in suite.tasks) / len(suite.tasks)
+        assert mean == pytest.approx(suite.published_average[model], abs=0.011)
+    if name == "llm360":
+        crows = suite.task("CrowS-Pairs")
+        assert crows.metrics == ("pct_stereotype",) and "inference" in crows.metric_note
