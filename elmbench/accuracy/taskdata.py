@@ -99,7 +99,7 @@ def data_dir(option: str | None) -> Path | None:
 
 def expand_tasks(tasks: list[str], data: Path) -> list[str]:
     """Replace the `mmlu` group by the subjects present in the data dir."""
-    out = []
+    out: list[str] = []
     for task in tasks:
         if task == "mmlu":
             subjects = (
