@@ -40,17 +40,14 @@ def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
     """Path and sha256 of the weights (all files of a folder), or the random seed."""
     if path is None:
         return {"weights": f"random(seed={seed})", "weights_sha256": None, "random_weights": True}
-    files = (
-        sorted(p for p in Path(path).rglob("*") if p.is_file())
-        if Path(path).is_dir()
-        else [Path(path)]
-    )
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     digest = hashlib.sha256()
     for file in files:
         if file.suffix in (".safetensors", ".pt", ".pth", ".json", ".bin"):
             digest.update(file.name.encode())
             with file.open("rb") as f:
-                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                while chunk := f.read(1 << 20):
                     digest.update(chunk)
     return {"weights": str(path), "weights_sha256": digest.hexdigest(), "random_weights": False}
 
