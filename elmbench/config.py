@@ -177,6 +177,7 @@ class ElmConfig:
             "normalization_layer_name": "rms_norm",
             "normalize_qk_projections": True,
             "share_input_output_layers": True,
+            "rms_norm_eps": self.norm_eps,
             "rope_freq_constant": self.rope_freq_constant,
             "rope_max_length": self.rope_max_length,
             "max_context_length": self.max_context_length,
@@ -199,8 +200,14 @@ class ElmConfig:
                 raise CheckpointError(path, "config.json not found") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(path, f"not valid JSON ({exc})") from None
+            except OSError as exc:  # a folder in its place, no permission, ...
+                raise CheckpointError(path, f"cannot read config.json ({exc.strerror})") from None
         else:
             data = source
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                path, "not a config", expected="a JSON object", found=type(data).__name__
+            )
         return _config_from_hf_dict(data, path, name)
 
     def summary(self) -> dict[str, Any]:
@@ -226,9 +233,11 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
             found=data.get("model_type"),
         )
     layers, d, h = need("num_transformer_layers"), need("model_dim"), need("head_dim")
+    _check_types(data, path)
     groups = data.get("num_gqa_groups", 4)
     divisor = data.get("ffn_dim_divisor", 256)
-    qkv = tuple(data.get("qkv_multipliers", (0.5, 1.0)))
+    qkv = data.get("qkv_multipliers", (0.5, 1.0))
+    qkv = (qkv, qkv) if _is_number(qkv) else tuple(qkv)  # one number: the same in every layer
     ffn_mult = data.get("ffn_multipliers", (0.5, 4.0))
     if isinstance(ffn_mult, (int, float)):
         ffn_mult = [ffn_mult] * layers
@@ -285,11 +294,70 @@ def _config_from_hf_dict(data: dict[str, Any], path: str, name: str | None) -> E
             rope_max_length=data.get("rope_max_length", 4096),
             norm_eps=data.get("rms_norm_eps", data.get("norm_eps", 1e-6)),
             ffn_dim_divisor=divisor,
-            bos_token_id=data.get("bos_token_id", 1),
-            eos_token_id=data.get("eos_token_id", 2),
+            bos_token_id=_or(data.get("bos_token_id"), 1),
+            eos_token_id=_or(data.get("eos_token_id"), 2),
         )
     except ConfigError as exc:
         raise CheckpointError(path, str(exc)) from None
+
+
+_POSITIVE_INTS = (
+    "num_transformer_layers",
+    "model_dim",
+    "head_dim",
+    "num_gqa_groups",
+    "ffn_dim_divisor",
+    "vocab_size",
+    "max_context_length",
+    "rope_max_length",
+)
+_POSITIVE_NUMBERS = ("rope_freq_constant", "rms_norm_eps", "norm_eps")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def _check_types(data: dict[str, Any], path: str) -> None:
+    """Reject a wrongly typed entry by key and value before any arithmetic trips over it."""
+
+    def check(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            found = json.dumps(data[key])
+            found = found if len(found) <= 60 else found[:57] + "..."
+            raise CheckpointError(path, "wrong type", key=key, expected=expected, found=found)
+
+    for key in _POSITIVE_INTS:
+        if key in data:
+            check(key, _is_int(data[key]) and data[key] > 0, "a positive integer")
+    for key in _POSITIVE_NUMBERS:
+        if key in data:
+            check(key, _is_number(data[key]) and data[key] > 0, "a positive number")
+    for key in ("bos_token_id", "eos_token_id"):
+        if data.get(key) is not None:
+            check(key, _is_int(data[key]), "an integer or null")
+    for key in ("num_query_heads", "num_kv_heads"):
+        if data.get(key) is not None:
+            value = data[key]
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) and v > 0 for v in value)
+            check(key, ok, "a list of positive integers")
+    for key in ("qkv_multipliers", "ffn_multipliers"):
+        if key in data:
+            value = data[key]
+            ok = _is_number(value) or (
+                isinstance(value, (list, tuple))
+                and bool(value)
+                and all(_is_number(v) for v in value)
+            )
+            check(key, ok, "a number or a list of numbers")
 
 
 # Presets -------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -24,8 +22,8 @@ def read_corenet(
         raise CheckpointError(path, "checkpoint file does not exist")
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CheckpointError(path, f"not a readable torch checkpoint ({exc})") from None
+    except Exception as exc:  # on damaged bytes the unpickler raises IndexError, KeyError, ...
+        raise CheckpointError(path, f"not a readable torch checkpoint ({_cause(exc)})") from None
     for wrapper in _WRAPPERS:
         if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
             raw = raw[wrapper]
@@ -49,3 +47,18 @@ def read_corenet(
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     return cfg, state
+
+
+def _cause(exc: BaseException) -> str:
+    """torch.load's multi-line message cut to one line, without its `weights_only=False` advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marker = "WeightsUnpickler error:"
+    for i, line in enumerate(lines):
+        if marker in line:  # the weights-only unpickler states the cause after this marker
+            rest = line.partition(marker)[2].strip()
+            if not rest and i + 1 < len(lines):
+                rest = lines[i + 1]
+            return f"not a tensor-only pickle: {rest}" if rest else "not a tensor-only pickle"
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0] if len(lines[0]) > 160 else lines[0]

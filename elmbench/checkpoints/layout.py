@@ -63,7 +63,7 @@ def validate_state(
         if key not in shapes:
             raise CheckpointError(
                 default_file,
-                "missing key",
+                f"missing key (required by {config_path})",
                 key=key,
                 expected=f"shape {list(expected[key])}",
                 found="nothing",
@@ -109,9 +109,9 @@ def weight_files(folder: Path) -> dict[str, Path]:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(index, f"not a safetensors index ({exc!r})") from None
         files = {key: folder / name for key, name in weight_map.items()}
-        for path in sorted(set(files.values())):
+        for key, path in files.items():
             if not path.is_file():
-                raise CheckpointError(path, f"shard listed in {INDEX} is missing")
+                raise CheckpointError(path, f"shard listed in {INDEX} is missing", key=key)
         return files
     single = folder / SINGLE
     if not single.is_file():
