@@ -40,6 +40,13 @@ class ElmLM(TemplateLM):
         self.max_gen_toks = max_gen_toks
         self.add_bos_token = add_bos_token
         self.forwards = 0  # forward passes run, for the batching benchmark
+        # Data parallel under `accelerate launch`: lm-eval shards requests by rank and gathers
+        # metrics through the methods below; rank 0 alone gets the results.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        self._device = "cpu"  # where the small tensors of gathers live (gloo)
 
     @property
     def eot_token_id(self) -> int:
@@ -67,6 +74,29 @@ class ElmLM(TemplateLM):
     def tok_decode(self, ids: Sequence[int]) -> str:
         """Text of ids."""
         return self.tokenizer_impl.decode(list(ids))
+
+    def all_gather(self, tensor: Any) -> Any:
+        """Concatenate a tensor from every rank."""
+        import torch
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's object on `dst` (None elsewhere)."""
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        import torch.distributed as dist
+
+        dist.barrier()
 
     # Scoring -------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ size as lm-eval's `mmlu` group does; published values and deltas go beside the m
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -52,6 +53,17 @@ def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
     return {"weights": str(path), "weights_sha256": digest.hexdigest(), "random_weights": False}
 
 
+def init_data_parallel() -> int:
+    """Join the process group `accelerate launch` (or torchrun) set up; returns the world size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")  # gathers are small host objects
+    return world
+
+
 def selected_tasks(suite: AccuracySuite, names: Iterable[str]) -> list[AccuracyTask]:
     """The suite's tasks, or those named (by label or lm-eval name)."""
     names = list(names)
@@ -69,6 +81,7 @@ def run_accuracy(
         )
     from elmbench.accuracy.tokenizer import load_tokenizer
 
+    init_data_parallel()
     tokenizer = load_tokenizer(plan.tokenizer)
     tasks = selected_tasks(suite, plan.tasks)
     records: list[Record] = []
