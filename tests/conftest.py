@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +58,24 @@ def write_checkpoint(tmp_path: Path) -> Callable[..., Path]:
         return save_hf(cfg, state, tmp_path / name, max_shard_bytes=max_shard_bytes)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400-piece SentencePiece model (LLaMA ids: unk 0, BOS 1, EOS 2) trained on stdlib text."""
+    import sentencepiece as spm
+
+    text = inspect.getsource(json) + inspect.getsource(inspect)
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 20]
+    prefix = tmp_path_factory.mktemp("spm") / "tok"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=400,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model")

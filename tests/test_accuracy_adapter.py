@@ -3,8 +3,6 @@ SentencePiece tokenizer trained here."""
 
 from __future__ import annotations
 
-import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +13,6 @@ from elmbench.accuracy.adapter import ElmLM
 from elmbench.accuracy.tokenizer import SentencePieceTokenizer, load_tokenizer
 from elmbench.backends import Backend, ModelSpec, create_backend
 from elmbench.errors import ElmbenchError
-
-
-@pytest.fixture(scope="session")
-def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 400-piece SentencePiece model (LLaMA ids: unk 0, BOS 1, EOS 2) trained on stdlib text."""
-    import sentencepiece as spm
-
-    text = inspect.getsource(json) + inspect.getsource(inspect)
-    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 20]
-    prefix = tmp_path_factory.mktemp("spm") / "tok"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(prefix),
-        vocab_size=400,
-        model_type="bpe",
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        minloglevel=2,
-    )
-    return prefix.with_suffix(".model")
 
 
 @pytest.fixture(scope="module")
