@@ -107,7 +107,30 @@ NORMS: dict[str, dict[str, NormVariant]] = {
             changes_numerics=True,
         ),
     },
-    "mlx": {},
+    "mlx": {
+        "naive": NormVariant(
+            "naive",
+            "mlx",
+            f"{_M}:NaiveRMSNorm",
+            f"{_M}:always",
+            "released unfused RMSNorm: fp32 upcast, mean of squares, rsqrt, "
+            "cast, weight (the paper's baseline)",
+        ),
+        "fused": NormVariant(
+            "fused",
+            "mlx",
+            f"{_M}:FusedRMSNorm",
+            f"{_M}:always",
+            "MLX fused kernel mx.fast.rms_norm",
+        ),
+        "compiled": NormVariant(
+            "compiled",
+            "mlx",
+            f"{_M}:CompiledRMSNorm",
+            f"{_M}:always",
+            "the naive RMSNorm through mx.compile",
+        ),
+    },
 }
 
 
