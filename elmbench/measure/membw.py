@@ -1,0 +1,125 @@
+"""A short CPU read-bandwidth probe: the roofline for CPU decode (it reads every weight per token).
+
+It sums a float32 buffer far larger than the last-level cache with all threads and keeps the best
+of a few passes after a warm-up; GB/s are 1e9 bytes per second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from elmbench.errors import ConfigError, UnknownNameError
+
+PROBE_BACKENDS = ("auto", "torch", "numpy")  # auto: torch when installed, else numpy
+
+
+@dataclass(frozen=True)
+class BandwidthResult:
+    """The best read bandwidth of a probe, with every pass's raw time."""
+
+    gb_per_s: float  # best (max) over the repetitions
+    bytes_per_repetition: int
+    raw_s: tuple[float, ...]  # one wall time per measured pass
+    backend: str
+    threads: int
+    warmup: int
+    method: str
+
+    @property
+    def raw_gb_per_s(self) -> tuple[float, ...]:
+        """Bandwidth of each measured pass."""
+        return tuple(self.bytes_per_repetition / s / 1e9 for s in self.raw_s)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-safe form with units in the names."""
+        return {
+            "membw_gb_per_s": self.gb_per_s,
+            "membw_bytes_per_repetition": self.bytes_per_repetition,
+            "membw_raw_s": list(self.raw_s),
+            "membw_raw_gb_per_s": list(self.raw_gb_per_s),
+            "membw_backend": self.backend,
+            "membw_threads": self.threads,
+            "membw_warmup": self.warmup,
+            "membw_method": self.method,
+        }
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def measure_read_bandwidth(
+    size_mib: int = 512,
+    repeats: int = 5,
+    backend: str = "auto",
+    threads: int | None = None,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BandwidthResult:
+    """Best-of-`repeats` read bandwidth of summing a `size_mib` float32 buffer (~1 s at 512 MiB)."""
+    if backend not in PROBE_BACKENDS:
+        raise UnknownNameError("bandwidth probe backend", backend, PROBE_BACKENDS)
+    if size_mib < 1 or repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"bandwidth probe: size_mib and repeats must be >= 1 and warmup >= 0; "
+            f"found size_mib={size_mib}, repeats={repeats}, warmup={warmup}"
+        )
+    if backend == "auto":
+        backend = "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+    threads = usable_cores() if threads is None else threads
+    if threads < 1:
+        raise ConfigError(f"bandwidth probe: threads must be >= 1; found {threads}")
+    elements = size_mib * 2**20 // 4
+    with _reader(backend, elements, threads) as (read, method):
+        for _ in range(warmup):
+            read()
+        raw = []
+        for _ in range(repeats):
+            start = clock()
+            read()
+            raw.append(clock() - start)
+    nbytes = elements * 4
+    best = min(raw)
+    return BandwidthResult(
+        gb_per_s=nbytes / best / 1e9 if best > 0 else float("inf"),
+        bytes_per_repetition=nbytes,
+        raw_s=tuple(raw),
+        backend=backend,
+        threads=threads,
+        warmup=warmup,
+        method=f"{method} over {size_mib} MiB float32, {threads} thread(s), best of {repeats} "
+        f"after {warmup} warm-up",
+    )
+
+
+@contextmanager
+def _reader(backend: str, elements: int, threads: int) -> Iterator[tuple[Callable[[], float], str]]:
+    """A function that reads the whole buffer once, and its description; frees both on exit."""
+    if backend == "torch":
+        import torch
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            # ones, not zeros/empty: untouched pages would all map to the shared zero page.
+            buf = torch.ones(elements, dtype=torch.float32)
+            yield (lambda: float(buf.sum())), "torch.sum"
+        finally:
+            torch.set_num_threads(saved)
+        return
+    import numpy as np
+
+    chunks = np.array_split(np.ones(elements, dtype=np.float32), threads)
+    # numpy reductions release the GIL, so one chunk per thread streams in parallel.
+    with ThreadPoolExecutor(threads) as pool:
+        yield (lambda: sum(pool.map(lambda c: float(c.sum()), chunks))), "numpy.sum per thread"

@@ -1,0 +1,272 @@
+"""The measurement protocol: warm-up, then repetitions until a minimum count AND a minimum time.
+
+Every timed region is bracketed by the device sync; sections (prefill, decode) are timed inside a
+repetition with the same clock and sync. `Timing` keeps every raw value, in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from elmbench.errors import ConfigError
+
+TOTAL = "total"  # the section that spans each whole repetition
+_SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_FSUM_SLACK_S = 1e-9  # float rounding must not cost a repetition when the sum meets min_seconds
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to measure: warm-up calls, then at least this many repetitions and seconds."""
+
+    warmup: int = 2
+    min_repetitions: int = 5
+    min_seconds: float = 5.0
+    max_repetitions: int = 1000  # safety cap; reaching it is reported in `Timing.stopped_by`
+    max_cv: float = 0.10  # coefficient of variation above which a timing is flagged unstable
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.warmup < 0:
+            problems.append(f"warmup must be >= 0 (found {self.warmup})")
+        if self.min_repetitions < 1:
+            problems.append(f"min_repetitions must be >= 1 (found {self.min_repetitions})")
+        if not self.min_seconds >= 0:
+            problems.append(f"min_seconds must be >= 0 (found {self.min_seconds})")
+        if self.max_repetitions < self.min_repetitions:
+            problems.append(
+                f"max_repetitions ({self.max_repetitions}) must be >= min_repetitions "
+                f"({self.min_repetitions})"
+            )
+        if not self.max_cv > 0:
+            problems.append(f"max_cv must be > 0 (found {self.max_cv})")
+        if problems:
+            raise ConfigError("measurement protocol: " + "; ".join(problems))
+
+    def to_record(self) -> dict[str, Any]:
+        """The parameters, prefixed `protocol_`, for every record."""
+        return {f"protocol_{k}": v for k, v in asdict(self).items()}
+
+
+class Timer:
+    """Times named sections inside one repetition: `with timer.section("prefill"): ...`."""
+
+    def __init__(self, clock: Callable[[], float], sync: Callable[[], object]) -> None:
+        self._clock, self._sync = clock, sync
+        self.sections: dict[str, float] = {}
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        """Sync, start the clock, run the body, sync, stop; a repeated name adds up."""
+        _check_section(name)
+        self._sync()
+        start = self._clock()
+        yield
+        self._sync()
+        self.sections[name] = self.sections.get(name, 0.0) + self._clock() - start
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one section's raw values (seconds)."""
+
+    n: int
+    mean_s: float
+    median_s: float
+    stdev_s: float | None  # sample standard deviation; None below two values
+    min_s: float
+    max_s: float
+    cv: float | None  # stdev / mean; None when the stdev is None or the mean is 0
+
+    @classmethod
+    def of(cls, values: tuple[float, ...]) -> Stats:
+        """Statistics of a non-empty tuple of seconds."""
+        mean = statistics.fmean(values)
+        stdev = statistics.stdev(values) if len(values) > 1 else None
+        cv = stdev / mean if stdev is not None and mean > 0 else None
+        return cls(
+            len(values), mean, statistics.median(values), stdev, min(values), max(values), cv
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every raw value per section, with statistics, stability and the protocol that made them."""
+
+    protocol: Protocol
+    sections: dict[str, tuple[float, ...]]  # TOTAL first; one value per repetition
+    warmup_s: tuple[float, ...] = ()  # the warm-up calls (compile time shows here), excluded
+    stopped_by: str = "minimums"  # 'minimums' | 'max_repetitions'
+    _stats: dict[str, Stats] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, values in self.sections.items():
+            self._stats[name] = Stats.of(values)
+
+    @property
+    def repetitions(self) -> int:
+        """Number of measured repetitions."""
+        return len(self.sections[TOTAL])
+
+    @property
+    def measured_s(self) -> float:
+        """Summed measured time of all repetitions."""
+        return math.fsum(self.sections[TOTAL])
+
+    def stats(self, section: str = TOTAL) -> Stats:
+        """Statistics of one section."""
+        if section not in self._stats:
+            raise KeyError(f"no section '{section}'; timed sections: {', '.join(self.sections)}")
+        return self._stats[section]
+
+    def raw_s(self, section: str = TOTAL) -> tuple[float, ...]:
+        """The raw values of one section, in repetition order."""
+        self.stats(section)
+        return self.sections[section]
+
+    def stable(self, section: str | None = None) -> bool:
+        """Whether the section (default: every section) varies by at most `protocol.max_cv`."""
+        names = [section] if section is not None else list(self.sections)
+        return all(
+            (cv := self.stats(n).cv) is not None and cv <= self.protocol.max_cv for n in names
+        )
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per unstable section, and one when the repetition cap cut the run short."""
+        out = []
+        limit = f"{self.protocol.max_cv:.0%}"
+        for name in self.sections:
+            st = self.stats(name)
+            if st.cv is None:
+                out.append(
+                    f"timing of '{name}' has {st.n} repetition(s): its variation is unknown; "
+                    "use at least 2 repetitions"
+                )
+            elif st.cv > self.protocol.max_cv:
+                out.append(
+                    f"unstable timing: '{name}' varies by {st.cv:.1%} (coefficient of variation) "
+                    f"over {st.n} repetitions, above the {limit} limit; close other programs, "
+                    "check power and thermal settings, or measure for longer"
+                )
+        if self.stopped_by == "max_repetitions":
+            out.append(
+                f"stopped at the {self.protocol.max_repetitions}-repetition cap after "
+                f"{self.measured_s:.3g} s, short of the {self.protocol.min_seconds:g} s minimum"
+            )
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-safe flat dict: protocol, counts, and per section raw values and statistics."""
+        record: dict[str, Any] = {
+            **self.protocol.to_record(),
+            "repetitions": self.repetitions,
+            "measured_s": self.measured_s,
+            "stopped_by": self.stopped_by,
+            "warmup_raw_s": list(self.warmup_s),
+            "stable": self.stable(),
+            "timing_warnings": self.warnings,
+        }
+        for name, values in self.sections.items():
+            st = self.stats(name)
+            record[f"{name}_raw_s"] = list(values)
+            for key in ("mean_s", "median_s", "stdev_s", "min_s", "max_s", "cv"):
+                record[f"{name}_{key}"] = getattr(st, key)
+        return record
+
+
+def run_protocol(
+    fn: Callable[[Timer], object],
+    protocol: Protocol | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], object] = lambda: None,
+    on_repetition: Callable[[int, float], object] | None = None,
+) -> Timing:
+    """Warm up, then time `fn(timer)` until both minimums hold (or the cap); returns every value.
+
+    `fn` may time sections with `timer.section(name)` and may return a Mapping of extra section
+    seconds it measured itself (any other return value is ignored). `on_repetition(done,
+    measured_s)` is called after each repetition, for progress displays.
+    """
+    protocol = protocol or Protocol()
+    warmup = []
+    for _ in range(protocol.warmup):
+        sync()
+        start = clock()
+        fn(Timer(clock, sync))
+        sync()
+        warmup.append(clock() - start)
+
+    sections: dict[str, list[float]] = {TOTAL: []}
+    while True:
+        timer = Timer(clock, sync)
+        sync()
+        start = clock()
+        extra = fn(timer)
+        sync()
+        elapsed = clock() - start
+        done = len(sections[TOTAL])  # repetitions before this one
+        _add(sections, TOTAL, elapsed, done)
+        for name, seconds in {**timer.sections, **_extra(extra, timer.sections)}.items():
+            _add(sections, name, seconds, done)
+        done += 1
+        _check_aligned(sections, done)
+        measured = math.fsum(sections[TOTAL])
+        if on_repetition is not None:
+            on_repetition(done, measured)
+        enough = done >= protocol.min_repetitions and (
+            measured + _FSUM_SLACK_S >= protocol.min_seconds
+        )
+        if enough or done >= protocol.max_repetitions:
+            break
+    return Timing(
+        protocol,
+        {name: tuple(values) for name, values in sections.items()},
+        tuple(warmup),
+        "minimums" if enough else "max_repetitions",
+    )
+
+
+def _check_section(name: str) -> None:
+    if name == TOTAL or not _SECTION_NAME.fullmatch(name):
+        raise ConfigError(
+            f"section name '{name}' must be lower_snake_case and not '{TOTAL}' "
+            "(it becomes a record key such as prefill_median_s)"
+        )
+
+
+def _extra(extra: object, timed: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(extra, Mapping):
+        return {}
+    for name in extra:
+        _check_section(name)
+        if name in timed:
+            raise ConfigError(f"section '{name}' was both timed and returned by the function")
+    return {name: float(seconds) for name, seconds in extra.items()}
+
+
+def _add(sections: dict[str, list[float]], name: str, seconds: float, done: int) -> None:
+    values = sections.setdefault(name, [])
+    _check_count(name, len(values), done)
+    values.append(seconds)
+
+
+def _check_aligned(sections: Mapping[str, list[float]], done: int) -> None:
+    """Every section appears in every repetition, so values stay aligned by repetition."""
+    for name, values in sections.items():
+        _check_count(name, len(values), done)
+
+
+def _check_count(name: str, count: int, expected: int) -> None:
+    if count != expected:
+        raise ConfigError(
+            f"section '{name}' was timed in {count} of {expected} repetitions; "
+            "time the same sections in every repetition"
+        )

@@ -1,0 +1,265 @@
+"""The measurement protocol with a fake clock, and the CPU bandwidth probe."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from elmbench.errors import ConfigError, UnknownNameError
+from elmbench.measure import (
+    TOTAL,
+    Protocol,
+    Timer,
+    measure_read_bandwidth,
+    run_protocol,
+)
+
+
+class FakeClock:
+    """A clock that only moves when the measured function says so."""
+
+    def __init__(self, log: list[str] | None = None) -> None:
+        self.now = 0.0
+        self.log = log
+
+    def __call__(self) -> float:
+        if self.log is not None:
+            self.log.append("clock")
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def steps(clock: FakeClock, durations: Iterable[float]) -> Callable[[Timer], None]:
+    """A measured function whose calls take the given durations in turn (the last one repeats)."""
+    values: Iterator[float] = iter(durations)
+    last = [0.0]
+
+    def fn(timer: Timer) -> None:
+        last[0] = next(values, last[0])
+        clock.advance(last[0])
+
+    return fn
+
+
+def quick(**kw: Any) -> Protocol:
+    """No warm-up, at least 5 repetitions and 1 s, unless overridden."""
+    return Protocol(**{"warmup": 0, "min_repetitions": 5, "min_seconds": 1.0, **kw})
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(0.1, 10), (0.5, 5), (0.3, 5), (0.125, 8)])
+def test_stops_when_both_minimums_are_met(seconds: float, expected: int) -> None:
+    clock = FakeClock()
+    timing = run_protocol(steps(clock, [seconds]), quick(), clock=clock)
+    assert timing.repetitions == expected
+    assert timing.stopped_by == "minimums"
+    assert timing.raw_s() == pytest.approx([seconds] * expected)
+
+
+def test_warmup_calls_are_excluded() -> None:
+    clock = FakeClock()
+    fn = steps(clock, [7.0, 9.0, 0.5])
+    timing = run_protocol(fn, quick(warmup=2), clock=clock)
+    assert timing.warmup_s == (7.0, 9.0)
+    assert timing.raw_s() == pytest.approx([0.5] * 5)
+    assert timing.to_record()["warmup_raw_s"] == [7.0, 9.0]
+
+
+def test_repetition_cap() -> None:
+    clock = FakeClock()
+    protocol = quick(min_seconds=100.0, max_repetitions=7)
+    timing = run_protocol(steps(clock, [0.1]), protocol, clock=clock)
+    assert timing.repetitions == 7
+    assert timing.stopped_by == "max_repetitions"
+    assert any("7-repetition cap" in w for w in timing.warnings)
+
+
+def test_sync_brackets_every_timed_region_in_order() -> None:
+    log: list[str] = []
+    clock = FakeClock(log)
+
+    def fn(timer: Timer) -> None:
+        log.append("fn")
+        with timer.section("prefill"):
+            log.append("body")
+            clock.advance(1.0)
+
+    protocol = Protocol(warmup=1, min_repetitions=1, min_seconds=0.0)
+    run_protocol(fn, protocol, clock=clock, sync=lambda: log.append("sync"))
+    inner = ["sync", "clock", "body", "sync", "clock"]
+    one_call = ["sync", "clock", "fn", *inner, "sync", "clock"]
+    assert log == one_call + one_call  # the warm-up call, then the one repetition
+
+
+def test_sections_are_recorded_separately() -> None:
+    clock = FakeClock()
+
+    def generation(timer: Timer) -> dict[str, float]:
+        with timer.section("prefill"):
+            clock.advance(0.25)
+        for _ in range(4):  # a repeated section name adds up within the repetition
+            with timer.section("decode"):
+                clock.advance(0.125)
+        clock.advance(0.0625)  # untimed host work still counts in the total
+        return {"kernel": 0.01}  # sub-timings the function measured itself
+
+    timing = run_protocol(generation, quick(), clock=clock)
+    assert list(timing.sections) == [TOTAL, "prefill", "decode", "kernel"]
+    assert timing.raw_s("prefill") == (0.25,) * 5
+    assert timing.raw_s("decode") == (0.5,) * 5
+    assert timing.raw_s("kernel") == (0.01,) * 5
+    assert timing.raw_s() == (0.8125,) * 5
+    record = json.loads(json.dumps(timing.to_record()))
+    assert record["decode_raw_s"] == [0.5] * 5 and record["prefill_median_s"] == 0.25
+    assert record["protocol_min_seconds"] == 1.0 and record["protocol_warmup"] == 0
+    assert record["repetitions"] == 5 and record["measured_s"] == pytest.approx(4.0625)
+
+
+def test_sections_must_appear_in_every_repetition() -> None:
+    clock = FakeClock()
+    calls = [0]
+
+    def flaky(timer: Timer) -> None:
+        calls[0] += 1
+        if calls[0] != 2:
+            with timer.section("decode"):
+                clock.advance(0.1)
+
+    with pytest.raises(ConfigError, match="'decode' was timed in 1 of 2 repetitions"):
+        run_protocol(flaky, quick(), clock=clock)
+
+
+@pytest.mark.parametrize("bad", ["total", "Prefill", "pre fill"])
+def test_section_names_must_be_record_keys(bad: str) -> None:
+    def fn(timer: Timer) -> None:
+        with timer.section(bad):
+            pass
+
+    with pytest.raises(ConfigError, match="lower_snake_case"):
+        run_protocol(fn, quick(min_seconds=0.0))
+
+
+def test_returned_section_may_not_shadow_a_timed_one() -> None:
+    def fn(timer: Timer) -> dict[str, float]:
+        with timer.section("decode"):
+            pass
+        return {"decode": 1.0}
+
+    with pytest.raises(ConfigError, match="both timed and returned"):
+        run_protocol(fn, quick(min_seconds=0.0))
+
+
+def test_statistics_match_the_statistics_module() -> None:
+    durations = [1.0, 2.0, 3.0, 4.0, 10.0]
+    clock = FakeClock()
+    timing = run_protocol(steps(clock, durations), quick(min_seconds=0.0), clock=clock)
+    st = timing.stats()
+    assert st.n == 5
+    assert st.mean_s == pytest.approx(statistics.mean(durations))
+    assert st.median_s == pytest.approx(statistics.median(durations))
+    assert st.stdev_s == pytest.approx(statistics.stdev(durations))
+    assert (st.min_s, st.max_s) == (1.0, 10.0)
+    assert st.cv == pytest.approx(statistics.stdev(durations) / statistics.mean(durations))
+
+
+def test_unstable_timing_is_flagged_with_a_warning() -> None:
+    clock = FakeClock()
+    noisy = run_protocol(steps(clock, [1, 1, 1, 1, 1.5]), quick(), clock=clock)
+    assert not noisy.stable()
+    assert noisy.to_record()["stable"] is False
+    (warning,) = noisy.warnings
+    assert "unstable timing: 'total' varies by" in warning and "10% limit" in warning
+
+    steady = run_protocol(steps(clock, [1, 1, 1, 1, 1.05]), quick(), clock=clock)
+    assert steady.stable() and steady.warnings == []
+    loose = run_protocol(steps(clock, [1, 1, 1, 1, 1.5]), quick(max_cv=0.5), clock=clock)
+    assert loose.stable()
+
+
+def test_one_repetition_has_unknown_variation() -> None:
+    clock = FakeClock()
+    protocol = Protocol(warmup=0, min_repetitions=1, min_seconds=0.5)
+    timing = run_protocol(steps(clock, [1.0]), protocol, clock=clock)
+    assert timing.repetitions == 1
+    assert timing.stats().stdev_s is None and timing.stats().cv is None
+    assert not timing.stable() and "variation is unknown" in timing.warnings[0]
+
+
+def test_on_repetition_reports_progress() -> None:
+    clock = FakeClock()
+    seen: list[tuple[int, float]] = []
+    run_protocol(
+        steps(clock, [0.25]),
+        quick(),
+        clock=clock,
+        on_repetition=lambda i, elapsed: seen.append((i, elapsed)),
+    )
+    assert seen == [(i, 0.25 * i) for i in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"warmup": -1}, {"min_repetitions": 0}, {"min_seconds": -1.0}, {"max_repetitions": 2},
+     {"max_cv": 0.0}, {"min_seconds": float("nan")}],
+)  # fmt: skip
+def test_protocol_validates_its_parameters(kw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="measurement protocol"):
+        Protocol(**kw)
+
+
+def test_real_clock_smoke() -> None:
+    timing = run_protocol(lambda timer: sum(range(100)), Protocol(warmup=1, min_seconds=0.0))
+    assert timing.repetitions == 5 and all(v >= 0 for v in timing.raw_s())
+
+
+# --- the CPU read-bandwidth probe -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_bandwidth_probe_reports_the_best_pass(backend: str) -> None:
+    result = measure_read_bandwidth(size_mib=8, repeats=3, backend=backend, threads=2)
+    assert result.bytes_per_repetition == 8 * 2**20
+    assert len(result.raw_s) == 3 and all(s > 0 for s in result.raw_s)
+    assert result.gb_per_s == pytest.approx(max(result.raw_gb_per_s))
+    assert result.gb_per_s == pytest.approx(8 * 2**20 / min(result.raw_s) / 1e9)
+    assert result.method.startswith({"numpy": "numpy.sum", "torch": "torch.sum"}[backend])
+    record = json.loads(json.dumps(result.to_record()))
+    assert record["membw_gb_per_s"] == result.gb_per_s and record["membw_threads"] == 2
+
+
+def test_bandwidth_with_a_fake_clock_is_exact() -> None:
+    ticks = iter([0.0, 0.004, 1.0, 1.002, 2.0, 2.003])
+    result = measure_read_bandwidth(
+        size_mib=4, repeats=3, backend="numpy", threads=1, warmup=0, clock=lambda: next(ticks)
+    )
+    assert result.raw_s == pytest.approx((0.004, 0.002, 0.003))
+    assert result.gb_per_s == pytest.approx(4 * 2**20 / 0.002 / 1e9)
+
+
+def test_bandwidth_probe_prefers_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert measure_read_bandwidth(size_mib=4, repeats=1).backend == "torch"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # torch not installed
+    assert measure_read_bandwidth(size_mib=4, repeats=1).backend == "numpy"
+
+
+def test_bandwidth_probe_restores_torch_threads() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    measure_read_bandwidth(size_mib=4, repeats=1, backend="torch", threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_bandwidth_probe_rejects_bad_arguments() -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean 'numpy'"):
+        measure_read_bandwidth(size_mib=4, backend="nmpy")
+    with pytest.raises(ConfigError, match="size_mib"):
+        measure_read_bandwidth(size_mib=0)
+    with pytest.raises(ConfigError, match="threads"):
+        measure_read_bandwidth(size_mib=4, threads=0)
