@@ -2,11 +2,14 @@
 
 Attribute names equal the HF checkpoint keys, so `load_state_dict(strict=True)` is the
 compatibility test. The norm is injected by registry name, never hard-coded.
+`part(name)` labels the parts that are not modules for the profiler; it is a no-op unless on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,28 @@ from elmbench.config import ElmConfig
 from elmbench.norms import get_norm
 
 NormFactory = Callable[[int, float], nn.Module]
+
+PART_PREFIX = "elm::"
+_labels_on = False
+_NO_LABEL = contextlib.nullcontext()
+
+
+def part(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A profiler range `elm::<name>` while part labels are on; otherwise a shared no-op."""
+    if _labels_on:
+        return torch.profiler.record_function(PART_PREFIX + name)
+    return _NO_LABEL
+
+
+@contextlib.contextmanager
+def part_labels() -> Iterator[None]:
+    """Turn the labels of `part()` on for a profiling run (modules are labelled by hooks)."""
+    global _labels_on
+    before, _labels_on = _labels_on, True
+    try:
+        yield
+    finally:
+        _labels_on = before
 
 
 def norm_factory(name: str) -> NormFactory:
@@ -96,15 +121,19 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         qkv = self.qkv_proj(x).view(b, t, self.n_q + 2 * self.n_kv, self.head_dim)
         qkv = qkv.transpose(1, 2)  # (B, H_q + 2 H_kv, T, D)
         q, k, v = qkv.split([self.n_q, self.n_kv, self.n_kv], dim=1)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        q, k = self.q_norm(q), self.k_norm(k)
+        with part("rope"):
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if pos is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            with part("sdpa"):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             if self.cache is None:
                 raise RuntimeError("setup_cache() must be called before cached steps")
-            k, v = self.cache.update(pos, k, v)  # (B, H_kv, S_max, D)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            with part("kv_cache"):
+                k, v = self.cache.update(pos, k, v)  # (B, H_kv, S_max, D)
+            with part("sdpa"):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(b, t, self.n_q * self.head_dim)  # (B, T, H_q * D)
         return self.out_proj(out)
 
@@ -120,7 +149,9 @@ class OpenELMFeedForwardNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.proj_1(x).chunk(2, dim=-1)
-        return self.proj_2(F.silu(gate) * up)
+        with part("activation"):
+            hidden = F.silu(gate) * up
+        return self.proj_2(hidden)
 
 
 class OpenELMDecoderLayer(nn.Module):
@@ -222,7 +253,8 @@ class OpenELM(nn.Module):
         x = self.transformer.norm(x)
         if last_only:
             x = x[:, -1:]
-        return F.linear(x, self.transformer.token_embeddings.weight)
+        with part("head"):
+            return F.linear(x, self.transformer.token_embeddings.weight)
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Run the prompt (B, T) through the cache from position 0; logits of the last position."""
