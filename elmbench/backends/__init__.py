@@ -29,6 +29,7 @@ class ModelSpec:
     quantize: int | None = None  # MLX only: 4 or 8 bits on load
     group_size: int = 64
     crop_vocab: bool = True
+    compile: str = "none"  # torch: none | inductor | cudagraphs (CUDA); mlx: none | mx.compile
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for records and subprocess jobs."""
