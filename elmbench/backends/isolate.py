@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -16,6 +17,16 @@ from typing import Any
 from elmbench.errors import ElmbenchError
 
 MARK = "@@elmbench-record@@ "
+PROGRESS_MARK = "@@elmbench-progress@@ "
+
+# Where a task's progress events go: the parent's callback in-process, a marked line in a worker.
+_progress_sink: Callable[[dict[str, Any]], None] | None = None
+
+
+def report_progress(event: dict[str, Any]) -> None:
+    """Send a progress event (case, phase, repetition...) to whoever runs this task."""
+    if _progress_sink is not None:
+        _progress_sink(event)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ def run_isolated(
     jobs: list[Job],
     on_record: Callable[[dict[str, Any]], None] | None = None,
     python: str = sys.executable,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run jobs in one child process per backend, in order; return (and stream) their records."""
     groups: dict[str, list[Job]] = {}
@@ -40,14 +52,41 @@ def run_isolated(
         groups.setdefault(job.backend, []).append(job)
     records = []
     for backend, group in groups.items():
-        for record in _run_group(backend, group, python):
+        for record in _run_group(backend, group, python, on_progress):
             records.append(record)
             if on_record is not None:
                 on_record(record)
     return records
 
 
-def _run_group(backend: str, jobs: list[Job], python: str) -> Iterator[dict[str, Any]]:
+def _run_group(
+    backend: str,
+    jobs: list[Job],
+    python: str,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> Iterator[dict[str, Any]]:
+    """Run jobs in a worker; when it dies, the running case fails and a new worker goes on."""
+    pending = list(jobs)
+    while pending:
+        seen: set[str] = set()
+        exit_code: list[int] = []
+        for record in _run_worker(pending, python, on_progress, exit_code):
+            seen.add(record.get("case_id", ""))
+            yield record
+        rest = [j for j in pending if j.case_id not in seen]
+        if rest:  # the worker died in the first unreported case
+            reason = f"{backend} worker process exited with {_exit_text(exit_code[0])}"
+            yield _failed(rest[0], reason)
+        pending = rest[1:]
+
+
+def _run_worker(
+    jobs: list[Job],
+    python: str,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    exit_code: list[int],
+) -> Iterator[dict[str, Any]]:
+    """Stream one worker's records; its exit status is appended to `exit_code`."""
     payload = "\n".join(json.dumps(asdict(j)) for j in jobs) + "\n"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -58,18 +97,30 @@ def _run_group(backend: str, jobs: list[Job], python: str) -> Iterator[dict[str,
         env=env,
     )
     assert proc.stdin is not None and proc.stdout is not None  # set by PIPE above
-    proc.stdin.write(payload)
-    proc.stdin.close()
-    seen = set()
-    for line in proc.stdout:
-        if line.startswith(MARK):
-            record = json.loads(line[len(MARK) :])
-            seen.add(record.get("case_id"))
-            yield record
-    code = proc.wait()
-    for job in jobs:
-        if job.case_id not in seen:  # the child died before reporting this case
-            yield _failed(job, f"{backend} worker process exited with code {code}")
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_MARK):
+                if on_progress is not None:
+                    on_progress(json.loads(line[len(PROGRESS_MARK) :]))
+            elif line.startswith(MARK):
+                yield json.loads(line[len(MARK) :])
+        exit_code.append(proc.wait())
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C) or the consumer stopped: end the worker
+            proc.kill()
+            proc.wait()
+
+
+def _exit_text(code: int) -> str:
+    """'code 1', or the signal's name, e.g. 'signal SIGKILL' from the out-of-memory killer."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
 
 
 def _failed(job: Job, reason: str) -> dict[str, Any]:
@@ -90,14 +141,22 @@ def execute(job: Job) -> Iterator[dict[str, Any]]:
         yield _failed(job, f"{type(exc).__name__}: {exc} ({tail})")
 
 
+def _emit(mark: str, payload: dict[str, Any]) -> None:
+    sys.stdout.write(mark + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
 def _main() -> None:
+    # Run as `python -m`, this file is __main__: set the sink on the module that tasks import.
+    from elmbench.backends import isolate
+
+    isolate._progress_sink = lambda event: _emit(PROGRESS_MARK, event)
     for line in sys.stdin:
         if not line.strip():
             continue
         job = Job(**json.loads(line))
         for record in execute(job):
-            sys.stdout.write(MARK + json.dumps(record) + "\n")
-            sys.stdout.flush()
+            _emit(MARK, record)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The timed work, run inside a backend's worker process: one case in, one raw-timing record out.
+
+Prefill (time to the first token over the whole prompt) and decode (the remaining new tokens, one
+cached step each) are timed as separate sections of every repetition; each section is bracketed
+by the device synchronisation. The KV cache is allocated once per shape, outside the timed region.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from elmbench.backends import Backend, ModelSpec, create_backend
+from elmbench.backends.isolate import Job, report_progress
+from elmbench.measure.protocol import Protocol, Timer, run_protocol
+
+_loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
+
+
+def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None]:
+    """The backend for a spec, reusing the loaded one when the spec is unchanged; load seconds."""
+    global _loaded
+    key = backend_name + json.dumps(spec, sort_keys=True)
+    if _loaded is not None and _loaded[0] == key:
+        return _loaded[1], None
+    _loaded = None  # free the previous model before loading the next
+    start = time.perf_counter()
+    backend = create_backend(backend_name, ModelSpec(**spec))
+    _loaded = (key, backend)
+    return backend, time.perf_counter() - start
+
+
+def protocol_of(params: dict[str, Any]) -> Protocol:
+    """The protocol a job asks for."""
+    return Protocol(
+        warmup=params["warmup"],
+        min_repetitions=params["repetitions"],
+        min_seconds=params["min_seconds"],
+    )
+
+
+def _progress(job: Job, protocol: Protocol) -> tuple[Any, Any]:
+    calls = [0]
+
+    def on_call() -> None:
+        calls[0] += 1
+        if calls[0] <= protocol.warmup:
+            report_progress({"case_id": job.case_id, "phase": "warm-up", "step": calls[0]})
+
+    def on_repetition(done: int, measured_s: float) -> None:
+        report_progress(
+            {"case_id": job.case_id, "phase": "measure", "step": done, "measured_s": measured_s}
+        )
+
+    return on_call, on_repetition
+
+
+def throughput(job: Job) -> Iterator[dict[str, Any]]:
+    """Time prefill and decode for one (batch, prompt, new tokens) shape; greedy, EOS ignored."""
+    p = job.params
+    report_progress({"case_id": job.case_id, "phase": "load"})
+    backend, load_s = load(job.backend, job.spec)
+    batch, prompt_len, new = p["batch_size"], p["prompt_tokens"], p["gen_tokens"]
+    rng = np.random.default_rng(p["seed"])
+    prompt = rng.integers(0, backend.config.vocab_size, size=(batch, prompt_len))
+    backend.setup(batch, prompt_len + new)
+    protocol = protocol_of(p)
+    on_call, on_repetition = _progress(job, protocol)
+    tokens: list[Any] = []
+
+    def once(timer: Timer) -> None:
+        on_call()
+        with timer.section("prefill"):
+            tok = backend.prefill(prompt)
+            backend.synchronize(tok)
+        tokens[:] = [tok]
+        with timer.section("decode"):
+            for i in range(new - 1):
+                tok = backend.decode(tok, prompt_len + i)
+                tokens.append(tok)
+            backend.synchronize(tok)
+
+    backend.reset_peak_memory()
+    timing = run_protocol(once, protocol, sync=backend.synchronize, on_repetition=on_repetition)
+    peak, peak_kind = backend.peak_memory_bytes()
+    generated = np.concatenate([backend.to_numpy(t) for t in tokens], axis=1)
+    yield {
+        "status": "ok",
+        "timing": timing.to_record(),
+        "load_s": load_s,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "generated_head": generated[0, :16].tolist(),  # greedy tokens: a cross-run sanity check
+        "describe": backend.describe(),
+    }

@@ -1,0 +1,175 @@
+"""Expand a suite spec into cases: devices and backends resolved, norm and compile names checked.
+
+Everything a user can get wrong is found here, before anything is loaded or timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from elmbench.devices import ResolvedDevice, resolve_device
+from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
+from elmbench.suites import SuiteSpec
+
+# Compile modes per backend; `cudagraphs` needs a CUDA device.
+BACKEND_COMPILE = {"torch": ("none", "inductor", "cudagraphs"), "mlx": ("none", "mx.compile")}
+NATIVE = "native"  # a model's own normalization (OpenELM: naive RMSNorm; OLMo: LayerNorm)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a model on a backend and device, with one norm, dtype, compile and shape."""
+
+    model: str
+    backend: str
+    device: str  # the detected device key: cpu | mlx-cpu | cuda:0 | mps | mlx-gpu
+    norm: str
+    dtype: str
+    compile: str
+    batch_size: int = 1
+    prompt_tokens: int = 0  # kind 'throughput'
+    gen_tokens: int = 0
+    tokens: int = 0  # kind 'norms': rows per call
+    where: str = ""  # kind 'norms': 'hidden' (model_dim) or 'head' (q/k norm, head_dim)
+
+    def params(self) -> dict[str, Any]:
+        """The case's keys for its id and records (shape keys of the other kind left out)."""
+        out = asdict(self)
+        drop = ("tokens", "where") if self.where == "" else ("prompt_tokens", "gen_tokens")
+        return {k: v for k, v in out.items() if k not in drop}
+
+
+@dataclass
+class Plan:
+    """The cases of a run, the devices they run on, and what was left out and why."""
+
+    spec: SuiteSpec
+    devices: dict[str, ResolvedDevice]  # by backend
+    cases: list[Case]
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_devices(spec: SuiteSpec) -> dict[str, ResolvedDevice]:
+    """The device for each backend the spec runs on (`backend: null` means every one allowed)."""
+    if spec.backend is not None or spec.device.strip().lower() == "auto":
+        device = resolve_device(spec.device, spec.backend)
+        return {device.backend: device}
+    found: dict[str, ResolvedDevice] = {}
+    first_error: ElmbenchError | None = None
+    for backend in ("torch", "mlx"):
+        try:
+            device = resolve_device(spec.device, backend)
+        except (ConfigError, UnavailableError) as exc:
+            first_error = first_error or exc
+            continue
+        found[device.backend] = device
+    if not found:
+        assert first_error is not None
+        raise first_error
+    return found
+
+
+def model_norms(
+    model: str, backend: str, requested: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
+    """The norm names to run for a model on a backend, and notes on the variants left out."""
+    from elmbench.models.comparison import COMPARISON_MODELS
+    from elmbench.norms import get_norm, variants
+
+    comparison = model in COMPARISON_MODELS
+    if comparison and backend != "torch":
+        raise UnavailableError(
+            f"model '{model}' on {backend}", "comparison models run on the torch backend only",
+            "Use --backend torch",
+        )  # fmt: skip
+    names: list[str] = []
+    notes: list[str] = []
+    for name in requested:
+        if name == "all":
+            if comparison:
+                names.append(NATIVE)
+            for variant in variants(backend).values():
+                status = variant.available()
+                if variant.changes_numerics:
+                    continue  # ablations run only when named
+                if status.ok:
+                    names.append(variant.name)
+                else:
+                    notes.append(f"norm '{variant.name}' ({backend}) left out: {status.reason}")
+            continue
+        if name == NATIVE:
+            names.append(NATIVE if comparison else "naive")
+            continue
+        variant = get_norm(name, backend)
+        status = variant.available()
+        if not status.ok:
+            raise UnavailableError(f"norm '{name}' ({backend})", status.reason, status.hint)
+        names.append(name)
+    return list(dict.fromkeys(names)), notes
+
+
+def _compile_modes(spec: SuiteSpec, devices: dict[str, ResolvedDevice]) -> dict[str, list[str]]:
+    modes = {b: [m for m in spec.compile if m in BACKEND_COMPILE[b]] for b in devices}
+    for mode in spec.compile:
+        if not any(mode in modes[b] for b in devices):
+            allowed = sorted({m for b in devices for m in BACKEND_COMPILE[b]})
+            raise ConfigError(
+                f"compile mode '{mode}' does not apply to backend {', '.join(devices)}; "
+                f"allowed here: {', '.join(allowed)}"
+            )
+    if "cudagraphs" in modes.get("torch", []) and devices["torch"].profile.kind != "cuda":
+        raise UnavailableError(
+            "compile mode 'cudagraphs'", "CUDA graphs need a CUDA device",
+            "Use --compile none or inductor on this device",
+        )  # fmt: skip
+    return modes
+
+
+def _check_shapes(spec: SuiteSpec) -> None:
+    from elmbench.config import get_config
+    from elmbench.models.comparison import COMPARISON_MODELS
+
+    longest = max(spec.prompt_tokens) + max(spec.gen_tokens)
+    for model in spec.models:
+        if model in COMPARISON_MODELS:
+            continue
+        limit = get_config(model).max_context_length
+        if spec.kind == "throughput" and longest > limit:
+            raise ConfigError(
+                f"prompt_tokens + gen_tokens = {longest} exceeds {model}'s context of {limit} "
+                "tokens; use shorter prompts or fewer new tokens"
+            )
+
+
+def build_plan(spec: SuiteSpec) -> Plan:
+    """Resolve devices, norms and compile modes and expand the cases (their product), in order."""
+    devices = resolve_devices(spec)
+    modes = _compile_modes(spec, devices)
+    _check_shapes(spec)
+    cases: list[Case] = []
+    notes: list[str] = []
+    for device in devices.values():
+        if device.mismatch:
+            notes.append(device.mismatch)
+    for model, backend in itertools.product(spec.models, devices):
+        norms, left_out = model_norms(model, backend, spec.norms)
+        notes.extend(n for n in left_out if n not in notes)
+        key = devices[backend].detected.key
+        for dtype, mode, norm in itertools.product(spec.dtypes, modes[backend], norms):
+            if spec.kind == "norms":
+                if norm == NATIVE:
+                    continue
+                for where, tokens in itertools.product(("hidden", "head"), spec.norm_tokens):
+                    cases.append(
+                        Case(model, backend, key, norm, dtype, mode, tokens=tokens, where=where)
+                    )
+                continue
+            for batch, prompt, gen in itertools.product(
+                spec.batch_sizes, spec.prompt_tokens, spec.gen_tokens
+            ):
+                cases.append(Case(model, backend, key, norm, dtype, mode, batch, prompt, gen))
+    if not cases:
+        raise ConfigError("the spec expands to no cases; check its models, norms and shapes")
+    return Plan(spec, devices, cases, notes)

@@ -1,0 +1,186 @@
+"""Run a throughput or norm-benchmark spec: plan, roofline probe, isolated workers, records.
+
+Each finished case's records are appended (flushed, fsynced) as soon as its worker reports it, so
+an interrupted run loses no finished case and `resume` measures only what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from elmbench.backends.isolate import Job, run_isolated
+from elmbench.devices import ResolvedDevice
+from elmbench.records import Record, RunWriter, final_records, open_run, read_run, reports_root
+from elmbench.suites import SuiteSpec
+from elmbench.throughput.metrics import (
+    FAILED_METRIC,
+    failed_record,
+    metric_id,
+    metrics_of,
+    norm_records,
+    throughput_records,
+)
+from elmbench.throughput.plan import Case, Plan, build_plan
+
+TASKS = {
+    "throughput": "elmbench.throughput.measure:throughput",
+    "norms": "elmbench.throughput.norm_bench:norm_call",
+}
+Event = dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its folder, the plan, and its final records (resumed ones included)."""
+
+    path: Path
+    plan: Plan
+    records: list[Record]
+    measured: int  # cases measured in this invocation
+    skipped_done: int  # cases already finished in the resumed run
+
+
+def spec_from_dict(data: dict[str, Any]) -> SuiteSpec:
+    """A SuiteSpec back from run.json (lists become tuples)."""
+    known = {f.name for f in fields(SuiteSpec)}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known
+    }
+    return SuiteSpec(**values)
+
+
+def stored_spec(resume: str | Path, root: str | Path | None = None) -> SuiteSpec:
+    """The spec a run was started with, so that `--resume RUN` needs no other option."""
+    meta, _ = read_run(_resolve(resume, root))
+    return spec_from_dict(meta.get("spec") or {})
+
+
+def _probe_bandwidth(plan: Plan, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Measure the CPU's read bandwidth (the roofline) once per run, or reuse the stored figure."""
+    needs = [b for b, d in plan.devices.items() if d.profile.measured or d.profile.kind == "cpu"]
+    if not needs:
+        return None
+    if stored is None:
+        from elmbench.measure.membw import measure_read_bandwidth
+
+        stored = measure_read_bandwidth().to_record()
+    for backend in needs:
+        plan.devices[backend] = plan.devices[backend].with_measured_bandwidth(
+            stored["membw_gb_per_s"], stored["membw_method"]
+        )
+    return stored
+
+
+def _job(case: Case, spec: SuiteSpec, device: ResolvedDevice, key: str) -> Job:
+    model_spec = {
+        "model": case.model,
+        "weights": spec.weights,
+        "norm": case.norm,
+        "dtype": case.dtype,
+        "seed": spec.seed,
+        "device": device.framework_device,
+        "compile": case.compile,
+    }
+    params = {
+        **case.params(),
+        "seed": spec.seed,
+        "warmup": spec.warmup,
+        "repetitions": spec.repetitions,
+        "min_seconds": spec.min_seconds,
+    }
+    return Job(TASKS[spec.kind], case.backend, model_spec, params, key)
+
+
+def _done(writer: RunWriter, case: Case) -> bool:
+    if writer.done(metric_id(case, FAILED_METRIC)):
+        return True
+    return all(writer.done(metric_id(case, m)) for m in metrics_of(case))
+
+
+def _context(case: Case, spec: SuiteSpec, device: ResolvedDevice) -> dict[str, Any]:
+    return {
+        "kind": spec.kind,
+        "device_profile": device.profile.name,
+        "device_hardware": device.detected.hardware,
+        "device_mismatch": device.mismatch,
+        "weights": spec.weights or f"random(seed={spec.seed})",
+        "random_weights": spec.weights is None,
+        "seed": spec.seed,
+    }
+
+
+def run_spec(
+    spec: SuiteSpec,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    retry_failed: bool = False,
+    on_event: Callable[[str, Event], None] = lambda kind, event: None,
+) -> RunResult:
+    """Measure every case of `spec` (or the missing ones of `resume`) and return the records.
+
+    Events for progress displays: ('plan', {cases, todo, path, notes}), ('progress', worker event
+    with 'index'), ('case', {index, case, records}).
+    """
+    plan = build_plan(spec)
+    stored_membw = None
+    if resume is not None:
+        meta, _ = read_run(_resolve(resume, out))
+        stored_membw = meta.get("membw")
+    membw = _probe_bandwidth(plan, stored_membw)
+    extra = {"membw": membw, "plan_notes": plan.notes, "cases": len(plan.cases)}
+    writer = open_run(
+        "throughput",
+        spec=spec.to_dict(),
+        seed=spec.seed,
+        device={b: d.to_record() for b, d in plan.devices.items()},
+        extra=extra if resume is None else None,
+        root=out if resume is None else None,
+        resume=_resolve(resume, out) if resume is not None else None,
+        retry_failed=retry_failed,
+    )
+    todo: dict[str, tuple[int, Case]] = {}
+    jobs = []
+    for index, case in enumerate(plan.cases, 1):
+        if _done(writer, case):
+            continue
+        key = metric_id(case, FAILED_METRIC)
+        todo[key] = (index, case)
+        jobs.append(_job(case, spec, plan.devices[case.backend], key))
+    on_event(
+        "plan",
+        {"cases": len(plan.cases), "todo": len(jobs), "path": writer.path, "notes": plan.notes},
+    )
+
+    def on_record(result: dict[str, Any]) -> None:
+        index, case = todo[result["case_id"]]
+        device = plan.devices[case.backend]
+        context = _context(case, spec, device)
+        if result.get("status") != "ok":
+            records = [failed_record(case, result.get("reason", "unknown failure"), context)]
+        elif spec.kind == "norms":
+            records = norm_records(case, result, device, context)
+        else:
+            records = throughput_records(case, result, device, context)
+        written = [writer.append(r) for r in records]
+        on_event("case", {"index": index, "case": case, "records": written})
+
+    def on_progress(event: dict[str, Any]) -> None:
+        index, case = todo[event["case_id"]]
+        on_event("progress", {**event, "index": index, "case": case})
+
+    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
+    writer.finish()
+    _, records = read_run(writer.path)
+    done_before = len(plan.cases) - len(jobs)
+    return RunResult(writer.path, plan, final_records(records), len(jobs), done_before)
+
+
+def _resolve(resume: str | Path, out: str | Path | None) -> Path:
+    path = Path(resume)
+    if not path.exists() and (reports_root(out) / path).exists():
+        return reports_root(out) / path
+    return path

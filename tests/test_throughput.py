@@ -1,0 +1,243 @@
+"""`elmbench throughput`: plans and their errors, records on disk, resume, failures, the CLI."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from elmbench.backends.isolate import Job, run_isolated
+from elmbench.cli import cli
+from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
+from elmbench.records import read_run
+from elmbench.suites import SuiteSpec
+from elmbench.throughput.metrics import NORM_METRICS, THROUGHPUT_METRICS
+from elmbench.throughput.plan import build_plan
+from elmbench.throughput.run import run_spec
+from elmbench.throughput.table import case_rows
+
+mlx = pytest.importorskip("mlx.core")
+
+TINY = SuiteSpec(
+    name="t",
+    models=("tiny",),
+    device="cpu",
+    backend="torch",
+    norms=("naive", "fused"),
+    prompt_tokens=(8,),
+    gen_tokens=(4,),
+    warmup=0,
+    repetitions=2,
+    min_seconds=0.0,
+)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+
+def test_plan_is_the_product_of_the_lists_and_all_means_the_available_variants() -> None:
+    spec = SuiteSpec(
+        name="p",
+        models=("tiny",),
+        device="cpu",
+        norms=("all",),
+        dtypes=("float32", "bfloat16"),
+        prompt_tokens=(8, 16),
+        gen_tokens=(4,),
+    )
+    plan = build_plan(spec)
+    torch_norms = {c.norm for c in plan.cases if c.backend == "torch"}
+    assert torch_norms == {"naive", "fused", "compiled"}  # apex is absent, layernorm an ablation
+    assert any("apex" in n and "not installed" in n for n in plan.notes)
+    assert {c.backend for c in plan.cases} == {"torch", "mlx"}  # device cpu: both frameworks
+    per_backend = {"torch": 3, "mlx": 3}
+    assert len(plan.cases) == sum(n * 2 * 2 for n in per_backend.values())
+
+
+def test_comparison_model_norms_include_its_native_layernorm() -> None:
+    spec = SuiteSpec(name="p", models=("olmo-1b",), device="cpu", backend="torch", norms=("all",))
+    assert [c.norm for c in build_plan(spec).cases] == ["native", "naive", "fused", "compiled"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "words"),
+    [
+        ({"norms": ("apex",)}, UnavailableError, "apex is not installed"),
+        ({"compile": ("cudagraphs",)}, UnavailableError, "CUDA graphs need a CUDA device"),
+        ({"compile": ("mx.compile",)}, ConfigError, "allowed here: cudagraphs, inductor, none"),
+        ({"models": ("olmo-1b",), "backend": "mlx"}, UnavailableError, "torch backend only"),
+        ({"device": "m2max", "backend": None}, UnavailableError, "mlx-cpu"),
+        ({"device": "cuda"}, UnavailableError, "only cpu, mlx-cpu are present"),
+        ({"prompt_tokens": (250,), "gen_tokens": (10,)}, ConfigError, "exceeds tiny's context"),
+        ({"norms": ("rmsnorm",)}, ElmbenchError, "Valid torch norms"),
+    ],
+)
+def test_impossible_plans_are_one_clear_error(
+    changes: dict[str, object], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words.replace("(", r"\(")):
+        build_plan(TINY.with_overrides(**changes))
+
+
+# --- runs and records ------------------------------------------------------------------------
+
+
+def test_records_hold_every_metric_with_raw_values_and_units(tmp_path: Path) -> None:
+    events: list[str] = []
+    result = run_spec(TINY, out=tmp_path, on_event=lambda kind, e: events.append(kind))
+    meta, records = read_run(result.path)
+    assert meta["kind"] == "throughput" and meta["spec"]["models"] == ["tiny"]
+    assert meta["membw"]["membw_gb_per_s"] > 0  # the CPU roofline is measured, and kept
+    assert {r["metric"] for r in records} == set(THROUGHPUT_METRICS)
+    assert len(records) == 2 * len(THROUGHPUT_METRICS)
+    decode = next(r for r in records if r["metric"] == "decode_tokens_per_s")
+    assert decode["status"] == "ok" and decode["unit"] == "tokens/s"
+    assert len(decode["raw"]) == decode["repetitions"] >= 2
+    seconds = [3 / v for v in decode["raw"]]  # 4 new tokens: 3 cached decode steps
+    assert decode["value"] == pytest.approx(3 / statistics.median(seconds))
+    assert all(r["schema_version"] == 1 and r["random_weights"] for r in records)
+    mfu = next(r for r in records if r["metric"] == "prefill_mfu_pct")
+    assert mfu["status"] == "skipped" and "publishes no dense" in mfu["reason"]
+    roofline = next(r for r in records if r["metric"] == "decode_roofline_pct")
+    bandwidth = next(r for r in records if r["metric"] == "decode_bandwidth_gb_per_s")
+    assert roofline["value"] == pytest.approx(
+        100 * bandwidth["value"] / meta["membw"]["membw_gb_per_s"]
+    )
+    assert events[0] == "plan" and events.count("case") == 2 and "progress" in events
+    rows = case_rows(records)
+    assert [r["norm"] for r in rows] == ["naive", "fused"]
+    assert rows[0]["decode_tokens_per_s"] == decode["value"]
+
+
+def test_naive_and_fused_generate_the_same_tokens(tmp_path: Path) -> None:
+    _, records = read_run(run_spec(TINY, out=tmp_path).path)
+    heads = {r["norm"]: r["generated_head"] for r in records if r["metric"] == "prefill_ms"}
+    assert heads["naive"] == heads["fused"]
+
+
+def test_resume_measures_only_what_an_interruption_lost(tmp_path: Path) -> None:
+    first = run_spec(TINY, out=tmp_path)
+    lines = (first.path / "records.jsonl").read_text().splitlines(keepends=True)
+    kept = len(THROUGHPUT_METRICS) + 3  # the first case, and part of the second
+    # A crash mid-write leaves a partial line; resume keeps it aside and goes on.
+    (first.path / "records.jsonl").write_text("".join(lines[:kept]) + lines[kept][:20])
+    resumed = run_spec(TINY, out=tmp_path, resume=first.path.name)
+    assert (resumed.measured, resumed.skipped_done) == (1, 1)
+    assert resumed.path == first.path
+    meta, records = read_run(first.path)
+    assert len({r["case_id"] for r in records}) == 2 * len(THROUGHPUT_METRICS)
+    assert meta["finished_utc"] and meta["resumed"]
+    again = run_spec(TINY, out=tmp_path, resume=first.path)
+    assert again.measured == 0
+
+
+def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    spec = TINY.with_overrides(weights=str(tmp_path / "missing"), norms=("naive",))
+    result = run_spec(spec, out=tmp_path / "runs")
+    (record,) = result.records
+    assert record["status"] == "failed" and "missing" in record["reason"]
+
+
+def test_a_worker_that_dies_fails_its_case_and_a_new_worker_runs_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dying_task.py").write_text(
+        "import os\n"
+        "def run(job):\n"
+        "    if job.params.get('die'):\n"
+        "        os._exit(9)\n"
+        "    yield {'status': 'ok', 'pid': os.getpid()}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    jobs = [
+        Job("dying_task:run", "torch", {}, {"die": True}, "a"),
+        Job("dying_task:run", "torch", {}, {}, "b"),
+    ]
+    first, second = run_isolated(jobs)
+    assert first["status"] == "failed" and "exited with code 9" in first["reason"]
+    assert second["status"] == "ok"
+
+
+def test_norm_microbenchmark_records_time_and_bandwidth(tmp_path: Path) -> None:
+    spec = SuiteSpec(name="n", kind="norms", models=("tiny",), device="cpu", norms=("naive",),
+                     norm_tokens=(4,), warmup=0, repetitions=2, min_seconds=0.0)  # fmt: skip
+    result = run_spec(spec, out=tmp_path)
+    assert {r["metric"] for r in result.records} == set(NORM_METRICS)
+    assert {r["where"] for r in result.records} == {"hidden", "head"}
+    assert {r["backend"] for r in result.records} == {"torch", "mlx"}
+    head = next(r for r in result.records if r["where"] == "head" and r["backend"] == "torch")
+    assert head["dim"] == 16 and head["rows"] > 4  # (query + KV heads) x tokens rows of head_dim
+    assert all(r["status"] == "ok" for r in result.records)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_smoke_suite_end_to_end_through_the_cli_on_torch_and_mlx(tmp_path: Path) -> None:
+    code, out, err = invoke(
+        "throughput", "--suite", "smoke", "--out", str(tmp_path), "-q", "--format", "json"
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    records = data["records"]
+    assert {r["backend"] for r in records} == {"torch", "mlx"}
+    assert {r["status"] for r in records} <= {"ok", "skipped"}
+    ok = [r for r in records if r["metric"] == "decode_tokens_per_s"]
+    assert all(r["value"] > 0 for r in ok)
+    # The same greedy tokens on both frameworks for the same seeded weights and prompt.
+    heads = {(r["backend"], r["norm"]): r["generated_head"] for r in ok}
+    assert heads["torch", "naive"] == heads["mlx", "naive"]
+    assert Path(data["run"]).parent == tmp_path
+
+
+def test_cli_table_shows_cases_and_where_the_records_are(tmp_path: Path) -> None:
+    code, out, _ = invoke("throughput", "-m", "tiny", "--device", "cpu", "--backend", "torch",
+                          "--norm", "naive", "-p", "8", "-n", "3", "--warmup", "0",
+                          "--repetitions", "1", "--min-seconds", "0", "--out", str(tmp_path),
+                          "-q", "--format", "markdown")  # fmt: skip
+    assert code == 0
+    assert "| tiny | torch/cpu | float32 | none | naive | 1×8+3 |" in out
+    assert f"records: {tmp_path}" in out and "roofline:" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+        (["-p", "ten"], "expected integers"),
+        (["-p", "0"], "must be a positive integer"),
+        (["--suite", "zero_shot"], "is of kind 'accuracy'"),
+        (["--suite", "nosuch"], "unknown suite 'nosuch'"),
+        (["--device", "m2max"], "offers|mlx-cpu"),
+        (["--dtype", "int8"], "dtypes from float32"),
+        (["--resume", "nosuch-run"], "nosuch-run"),
+    ],
+)
+def test_bad_options_are_one_line_and_non_zero(args: list[str], words: str) -> None:
+    code, out, err = invoke("throughput", *args, "-q")
+    assert code != 0
+    message = (err or out).strip()
+    assert len(message.splitlines()) == 1, message
+    assert any(w in message for w in words.split("|")), message
+
+
+def test_suites_lists_and_validates_every_file() -> None:
+    code, out, _ = invoke("suites")
+    assert code == 0 and "smoke" in out and "zero_shot" in out
+    code, out, _ = invoke("suites", "validate")
+    assert code == 0 and out.count("ok:") >= 7
+
+
+def test_suites_validate_names_the_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: throughput\nprompt_tokens: [-1]\n")
+    code, _, err = invoke("suites", "validate", str(bad))
+    assert code == 2 and "bad.yaml: key 'prompt_tokens' must be" in err
