@@ -229,3 +229,23 @@ def test_missing_file_in_the_data_folder_names_it(tmp_path: Path, sp_model: Path
         env={"ELMBENCH_DATA": str(data)},
     )  # fmt: skip
     assert_one_line_error(result, f"expected {data.resolve() / 'piqa' / 'validation.jsonl'}")
+
+
+@pytest.mark.parametrize(
+    ("env", "device", "want"),
+    [
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:0", "cuda:1"),
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu", "cpu"),
+        ({}, "cuda:0", "cuda:0"),
+    ],
+)
+def test_each_process_of_accelerate_launch_takes_its_own_gpu(
+    env: dict[str, str], device: str, want: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elmbench.cli.accuracy import _rank_device
+
+    for key in ("WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _rank_device(device) == want

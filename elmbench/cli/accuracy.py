@@ -332,7 +332,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
         norm=norms[0],
         dtype=opts["dtype"],
         seed=opts["seed"],
-        device=device.framework_device,
+        device=_rank_device(device.framework_device),
     )
     plan = AccuracyPlan(
         backend=device.backend,
@@ -411,6 +411,15 @@ def _stored_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any] 
             opts[key] = spec[key]
     opts["resume"] = str(path)
     return spec
+
+
+def _rank_device(framework_device: str) -> str:
+    """Under `accelerate launch` with several processes, each takes the GPU of its local rank."""
+    local = os.environ.get("LOCAL_RANK")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and local is not None and framework_device.startswith("cuda"):
+        return f"cuda:{local}"
+    return framework_device
 
 
 def _absolute(value: str | None) -> str | None:
