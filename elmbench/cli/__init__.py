@@ -15,7 +15,12 @@ from elmbench import __version__
 from elmbench.errors import ElmbenchError
 
 # Each module exposes `COMMANDS`, a list of click commands; add a module here to add its commands.
-COMMAND_MODULES = ("elmbench.cli.info", "elmbench.cli.throughput", "elmbench.cli.accuracy")
+COMMAND_MODULES = (
+    "elmbench.cli.info",
+    "elmbench.cli.throughput",
+    "elmbench.cli.accuracy",
+    "elmbench.cli.profile",
+)
 
 
 def fail(err: ElmbenchError) -> NoReturn:

@@ -288,14 +288,20 @@ def op_table(events: Sequence[OpEvent], steps: int) -> list[dict[str, Any]]:
 
 
 def top_ops(events: Sequence[OpEvent], n: int = 15, device: bool = False) -> list[dict[str, Any]]:
-    """The `n` operators with the most exclusive time, over all parts."""
+    """The `n` operators with the most exclusive time, over all parts; shares are of all time.
+
+    Part and phase ranges are left out: their self time is Python, not an operator (`by_part`
+    reports it as `framework_ms`).
+    """
     acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     total = 0.0
     for e in events:
         t = _time_us(e, device)
+        total += t
+        if e.is_label:
+            continue
         acc[e.name][0] += 1
         acc[e.name][1] += t
-        total += t
     ranked = sorted(acc.items(), key=lambda kv: -kv[1][1])[:n]
     return [
         {"op": name, "count": int(v[0]), "self_ms": v[1] / 1e3, "share_pct": _pct(v[1], total)}
