@@ -96,6 +96,8 @@ class PhaseProfile:
             "norm_calls_per_step": self.norm["calls_per_step"],
             "norm_ops_per_step": self.norm["ops_per_step"],
             "norm_ops_per_call": self.norm["ops_per_call"],
+            "norm_median_call_us": self.norm.get("median_call_us"),
+            "norm_median_framework_us": self.norm.get("median_framework_us"),
             "norm_kernels_per_step": self.norm["kernels_per_step"],
             "wall_ms_per_step": list(self.wall_ms_per_step),
             "wall_ms_per_token": self.wall_ms_per_token,

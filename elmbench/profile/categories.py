@@ -180,7 +180,8 @@ def by_part(
     collapses into one); `leaf_ops_per_step` the innermost operators that did the work;
     `kernels_per_step` the device kernels launched (0 without a device trace); `framework_ms`
     the part's time outside any operator (Python and dispatch); `median_call_us` the median
-    inclusive CPU time of one call, which a stray preemption does not move.
+    inclusive CPU time of one call and `median_framework_us` the median of its time outside
+    operators, which a stray preemption does not move.
     """
     time_us: dict[str, float] = defaultdict(float)
     framework_us: dict[str, float] = defaultdict(float)
@@ -188,6 +189,7 @@ def by_part(
     leaf: dict[str, int] = defaultdict(int)
     kernels: dict[str, int] = defaultdict(int)
     call_us: dict[str, list[float]] = defaultdict(list)
+    call_framework_us: dict[str, list[float]] = defaultdict(list)
     for e in events:
         key = e.part_key
         time_us[key] += _time_us(e, device)
@@ -197,6 +199,7 @@ def by_part(
         kernels[key] += e.kernels
         if e.is_label and e.part is not None:
             call_us[key].append(e.total_us)
+            call_framework_us[key].append(e.self_cpu_us)
     total = sum(time_us.values())
     order = [p for p in PARTS if p in time_us] + sorted(k for k in time_us if k not in PARTS)
     rows = []
@@ -215,6 +218,9 @@ def by_part(
                 "kernels_per_step": kernels[key] / steps if steps else 0.0,
                 "ops_per_call": top[key] / n_calls if n_calls else None,
                 "median_call_us": statistics.median(call_us[key]) if call_us[key] else None,
+                "median_framework_us": (
+                    statistics.median(call_framework_us[key]) if call_framework_us[key] else None
+                ),
             }
         )
     return rows
@@ -238,7 +244,8 @@ def norm_summary(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "leaf_ops_per_step": total("leaf_ops_per_step"),
         "kernels_per_step": total("kernels_per_step"),
         "ops_per_call": ops / calls if ops is not None and calls else None,
-        "median_call_us": _median_of_medians(rows),
+        "median_call_us": _median_of_medians(rows, "median_call_us"),
+        "median_framework_us": _median_of_medians(rows, "median_framework_us"),
     }
 
 
@@ -253,12 +260,12 @@ def norm_share_by_step(events: Sequence[OpEvent], device: bool = False) -> list[
     ]
 
 
-def _median_of_medians(rows: list[dict[str, Any]]) -> float | None:
+def _median_of_medians(rows: list[dict[str, Any]], key: str) -> float | None:
     # Weighted by calls, so the per-layer norms count as often as they run.
     values: list[float] = []
     for r in rows:
-        if r.get("median_call_us") is not None:
-            values += [r["median_call_us"]] * max(1, round(r["calls_per_step"]))
+        if r.get(key) is not None:
+            values += [r[key]] * max(1, round(r["calls_per_step"]))
     return statistics.median(values) if values else None
 
 
