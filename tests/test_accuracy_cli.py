@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -38,28 +36,6 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def unindexed_stock_tasks() -> Iterator[None]:
-    """Skip lm-eval's index of its 14,000 stock task YAMLs (15 s per task on a 2-core machine).
-
-    The offline overrides `include:` their stock YAMLs by absolute path, so a TaskManager that
-    reads only the overrides' folder loads the same tasks; everything else runs as in production.
-    """
-    from lm_eval.tasks import TaskManager
-
-    original = TaskManager.__init__
-
-    def init(self: TaskManager, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
-        if include_path is not None:
-            kwargs["include_defaults"] = False
-        original(self, *args, include_path=include_path, **kwargs)
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(TaskManager, "__init__", init)
-    yield
-    patch.undo()
 
 
 def common(sp_model: Path, out: Path) -> list[str]:

@@ -131,31 +131,20 @@ def test_mlx_backend_agrees_with_mlx_lm_evaluate(
 
 
 def test_cli_gives_the_same_metrics_on_both_backends(tmp_path: Path, sp_model: Path) -> None:
-    from lm_eval.tasks import TaskManager
-
-    original = TaskManager.__init__
-
-    def init(self: TaskManager, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
-        # As in test_accuracy_cli: the overrides need no index of lm-eval's stock tasks (15 s).
-        kwargs["include_defaults"] = include_path is None
-        original(self, *args, include_path=include_path, **kwargs)
-
     values = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(TaskManager, "__init__", init)
-        for device in ("cpu", "mlx-cpu"):
-            out = tmp_path / device
-            result = CliRunner().invoke(
-                cli_group(),
-                ["accuracy", "--model", "tiny", "--allow-random", "--tokenizer", str(sp_model),
-                 "--data-dir", str(DATA), "--tasks", "PIQA,ARC-c", "--limit", "6", "--device",
-                 device, "--out", str(out), "--format", "json"],
-                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-            )  # fmt: skip
-            assert result.exit_code == 0, result.output
-            records = json.loads(result.stdout)["records"]
-            assert {r["backend"] for r in records} == {"torch" if device == "cpu" else "mlx"}
-            values[device] = {(r["label"], r["metric"]): r["value"] for r in records}
+    for device in ("cpu", "mlx-cpu"):
+        out = tmp_path / device
+        result = CliRunner().invoke(
+            cli_group(),
+            ["accuracy", "--model", "tiny", "--allow-random", "--tokenizer", str(sp_model),
+             "--data-dir", str(DATA), "--tasks", "PIQA,ARC-c", "--limit", "6", "--device",
+             device, "--out", str(out), "--format", "json"],
+            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        records = json.loads(result.stdout)["records"]
+        assert {r["backend"] for r in records} == {"torch" if device == "cpu" else "mlx"}
+        values[device] = {(r["label"], r["metric"]): r["value"] for r in records}
     assert len(values["cpu"]) == 4 and values["cpu"] == values["mlx-cpu"]
 
 

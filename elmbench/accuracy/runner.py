@@ -71,9 +71,15 @@ def selected_tasks(suite: AccuracySuite, names: Iterable[str]) -> list[AccuracyT
 
 
 def run_accuracy(
-    suite: AccuracySuite, plan: AccuracyPlan, on_record: Callable[[Record], None] = lambda r: None
+    suite: AccuracySuite,
+    plan: AccuracyPlan,
+    on_record: Callable[[Record], None] = lambda r: None,
+    lm_class: type | None = None,
 ) -> list[Record]:
-    """Evaluate every selected task for every norm; each record is handed to `on_record` at once."""
+    """Evaluate every selected task for every norm; each record is handed to `on_record` at once.
+
+    `lm_class` replaces the adapter class (a subclass of ElmLM, e.g. one that measures speed).
+    """
     if plan.spec.weights is None and not plan.allow_random:
         raise ElmbenchError(
             "accuracy needs trained weights: give --weights PATH (HF folder, "
@@ -86,14 +92,19 @@ def run_accuracy(
     tasks = selected_tasks(suite, plan.tasks)
     records: list[Record] = []
     for norm in plan.norms:
-        for record in _run_norm(suite, plan, norm, tasks, tokenizer):
+        for record in _run_norm(suite, plan, norm, tasks, tokenizer, lm_class):
             records.append(record)
             on_record(record)
     return records
 
 
 def _run_norm(
-    suite: AccuracySuite, plan: AccuracyPlan, norm: str, tasks: list[AccuracyTask], tokenizer: Any
+    suite: AccuracySuite,
+    plan: AccuracyPlan,
+    norm: str,
+    tasks: list[AccuracyTask],
+    tokenizer: Any,
+    lm_class: type | None,
 ) -> Iterable[Record]:
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -104,7 +115,7 @@ def _run_norm(
 
     spec = replace(plan.spec, norm=norm)
     backend = create_backend(plan.backend, spec)
-    lm = ElmLM(backend, tokenizer, batch_size=plan.batch_size)
+    lm = (lm_class or ElmLM)(backend, tokenizer, batch_size=plan.batch_size)
     paper_name = getattr(backend.config, "official_name", "")
     identity = weights_identity(spec.weights, spec.seed)
     common = {
@@ -129,7 +140,8 @@ def _run_norm(
         if plan.data_dir is not None:
             names = {t.task: expand_tasks([t.task], plan.data_dir) for t in group}
             write_overrides([n for ns in names.values() for n in ns], plan.data_dir, include)
-            manager = TaskManager(include_path=str(include))
+            # Every task comes from the overrides: skip indexing lm-eval's ~14k stock task files.
+            manager = TaskManager(include_path=str(include), include_defaults=False)
         cache = (
             None
             if plan.cache_dir is None

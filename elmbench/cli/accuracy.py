@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,17 +49,12 @@ class EvalSpeed:
         return self.requests / self.seconds if self.requests and self.seconds > 0 else None
 
 
-@contextmanager
-def measured_adapter(speed: EvalSpeed) -> Iterator[EvalSpeed]:
-    """While active, the adapter `run_accuracy` builds counts and times its requests.
+def measured_adapter(speed: EvalSpeed) -> type:
+    """An ElmLM subclass that counts and times the requests it answers into `speed`.
 
-    The runner constructs its ElmLM inside and offers no hook for it, so a subclass that only
-    measures (it changes no result) takes the adapter module's place until the block ends. Time is
-    measured around lm-eval's calls into the model, so task loading and metric computation are
-    left out; requests served from lm-eval's cache (on resume) never reach the adapter.
+    Time is measured around lm-eval's calls into the model, so task loading and metric
+    computation are left out; requests served from lm-eval's cache (on resume) never reach it.
     """
-    from unittest import mock
-
     from elmbench.accuracy import adapter
 
     class MeasuredLM(adapter.ElmLM):
@@ -82,8 +76,7 @@ def measured_adapter(speed: EvalSpeed) -> Iterator[EvalSpeed]:
         def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
             return self._timed(len(requests), super().generate_until, requests, disable_tqdm)
 
-    with mock.patch.object(adapter, "ElmLM", MeasuredLM):
-        yield speed
+    return MeasuredLM
 
 
 # Checks of user input, all before a run folder is made -----------------------------------------
@@ -372,8 +365,8 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
             continue
         say(f"{where} ...")
         speed, start = EvalSpeed(), time.perf_counter()
-        with measured_adapter(speed):
-            records = run_accuracy(suite, replace(plan, norms=(norm,), tasks=(task.task,)))
+        one = replace(plan, norms=(norm,), tasks=(task.task,))
+        records = run_accuracy(suite, one, lm_class=measured_adapter(speed))
         wall = time.perf_counter() - start
         for record in records:
             if writer is not None:
