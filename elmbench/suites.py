@@ -51,6 +51,8 @@ class SuiteSpec:
     min_seconds: float = 2.0
     seed: int = 0
     norm_tokens: tuple[int, ...] = (1, 512)  # kind 'norms': rows per call of the micro-benchmark
+    quantize: int | None = None  # MLX: quantize weights on load to 4 or 8 bits
+    group_size: int = 64  # MLX quantization group size
     source: str = "<command line>"
 
     def with_overrides(self, **overrides: Any) -> SuiteSpec:
@@ -106,6 +108,15 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
+def _choice_int(options: tuple[int, ...]) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if value not in options or isinstance(value, bool):
+            raise ValueError(f"one of {', '.join(map(str, options))}")
+        return int(value)
+
+    return parse
+
+
 def _int_at_least(low: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -144,6 +155,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "min_seconds": _non_negative_float,
     "seed": _int_at_least(0),
     "norm_tokens": _positive_ints,
+    "quantize": lambda v: None if v is None else _choice_int((4, 8))(v),
+    "group_size": lambda v: _choice_int((32, 64, 128))(v),
 }
 
 

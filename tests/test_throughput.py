@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,19 @@ def test_suites_validate_names_the_file_and_key(tmp_path: Path) -> None:
     bad.write_text("kind: throughput\nprompt_tokens: [-1]\n")
     code, _, err = invoke("suites", "validate", str(bad))
     assert code == 2 and "bad.yaml: key 'prompt_tokens' must be" in err
+
+
+def test_quantize_is_mlx_only_and_leaves_torch_out_with_a_note() -> None:
+    with pytest.raises(ConfigError, match="quantizes MLX weights"):
+        build_plan(TINY.with_overrides(quantize=4))
+    plan = build_plan(replace(TINY, backend=None, quantize=8))
+    assert {c.backend for c in plan.cases} == {"mlx"}
+    assert "torch left out: --quantize applies to MLX only" in plan.notes
+
+
+def test_quantized_mlx_case_runs_and_is_recorded(tmp_path: Path) -> None:
+    spec = TINY.with_overrides(backend="mlx", device="mlx-cpu", norms=("fused",), quantize=8,
+                               group_size=32)  # fmt: skip
+    result = run_spec(spec, out=tmp_path)
+    assert all(r["status"] in ("ok", "skipped") for r in result.records), result.records[0]
+    assert {r["quantize"] for r in result.records} == {8}

@@ -34,6 +34,8 @@ SCALAR_OPTIONS = {
     "repetitions": "repetitions",
     "min_seconds": "min_seconds",
     "seed": "seed",
+    "quantize": "quantize",
+    "group_size": "group_size",
 }
 
 
@@ -151,6 +153,8 @@ _MEASURE_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--repetitions",), {"type": int, "help": "Minimum measured repetitions per case."}),
     (("--min-seconds", "min_seconds"), {"type": float, "help": "Minimum seconds per case."}),
     (("--seed",), {"type": int, "help": "Seed of the random weights and prompts."}),
+    (("--quantize",), {"type": int, "metavar": "4|8", "help": "MLX: quantize weights on load."}),
+    (("--group-size", "group_size"), {"type": int, "help": "MLX quantization group size (64)."}),
     (
         ("--out",),
         {"metavar": "DIR", "help": "Root of run folders (default: $ELMBENCH_REPORTS or reports/)."},

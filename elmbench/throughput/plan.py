@@ -146,10 +146,19 @@ def _check_shapes(spec: SuiteSpec) -> None:
 def build_plan(spec: SuiteSpec) -> Plan:
     """Resolve devices, norms and compile modes and expand the cases (their product), in order."""
     devices = resolve_devices(spec)
+    notes: list[str] = []
+    if spec.quantize is not None:
+        if "mlx" not in devices:
+            raise ConfigError(
+                f"--quantize {spec.quantize} quantizes MLX weights; the backend here is "
+                f"{', '.join(devices)}: use --backend mlx (with --device mlx-cpu or mlx-gpu)"
+            )
+        if len(devices) > 1:
+            notes.append("torch left out: --quantize applies to MLX only")
+            devices = {"mlx": devices["mlx"]}
     modes = _compile_modes(spec, devices)
     _check_shapes(spec)
     cases: list[Case] = []
-    notes: list[str] = []
     for device in devices.values():
         if device.mismatch:
             notes.append(device.mismatch)

@@ -83,6 +83,8 @@ def _job(case: Case, spec: SuiteSpec, device: ResolvedDevice, key: str) -> Job:
         "seed": spec.seed,
         "device": device.framework_device,
         "compile": case.compile,
+        "quantize": spec.quantize,
+        "group_size": spec.group_size,
     }
     params = {
         **case.params(),
@@ -109,6 +111,7 @@ def _context(case: Case, spec: SuiteSpec, device: ResolvedDevice) -> dict[str, A
         "weights": spec.weights or f"random(seed={spec.seed})",
         "random_weights": spec.weights is None,
         "seed": spec.seed,
+        "quantize": spec.quantize,
     }
 
 
