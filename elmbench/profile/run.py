@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from elmbench.backends.isolate import Job, report_progress, run_isolated
+from elmbench.backends.isolate import Job, report_progress
 from elmbench.errors import ConfigError, UnavailableError
 from elmbench.profile import parse_phase
 from elmbench.records import (
@@ -22,9 +22,9 @@ from elmbench.records import (
     final_records,
     open_run,
     read_run,
-    reports_root,
 )
 from elmbench.suites import SuiteSpec
+from elmbench.throughput.execute import case_context, execute, model_spec, run_path
 from elmbench.throughput.plan import Case, Plan, build_plan
 
 TASK = "elmbench.profile.run:profile_case"
@@ -150,21 +150,13 @@ def check_plan(plan: Plan, spec: SuiteSpec, options: ProfileOptions) -> None:
         check_metal_capture()
 
 
-def _run_path(resume: str | Path, out: str | Path | None) -> Path:
-    """A run folder given as a path, or as a run id under the reports root."""
-    path = Path(resume)
-    if not path.exists() and (reports_root(out) / path).exists():
-        return reports_root(out) / path
-    return path
-
-
 def stored_run(
     resume: str | Path, out: str | Path | None = None
 ) -> tuple[SuiteSpec, ProfileOptions]:
     """The spec and options a profile run was started with, so `--resume` needs nothing else."""
     from elmbench.throughput.run import spec_from_dict
 
-    meta, _ = read_run(_run_path(resume, out))
+    meta, _ = read_run(run_path(resume, out))
     if meta.get("kind") != "profile":
         raise ConfigError(f"{resume}: a '{meta.get('kind')}' run cannot be resumed by profile")
     stored = meta.get("profile") or {}
@@ -199,59 +191,38 @@ def profile_spec(
         if resume is not None
         else {"profile": options.to_dict(), "plan_notes": plan.notes, "cases": len(plan.cases)},
         root=out if resume is None else None,
-        resume=_run_path(resume, out) if resume is not None else None,
+        resume=run_path(resume, out) if resume is not None else None,
         retry_failed=retry_failed,
     )
-    todo: dict[str, tuple[int, Case]] = {}
-    jobs = []
-    for index, case in enumerate(plan.cases, 1):
-        if all(writer.done(record_id(case, ph)) for ph in phases):
-            continue
-        key = case_id(case.params())
-        todo[key] = (index, case)
-        jobs.append(_job(case, spec, plan, options, writer.path, key))
-    on_event(
-        "plan",
-        {"cases": len(plan.cases), "todo": len(jobs), "path": writer.path, "notes": plan.notes},
-    )
 
-    def on_record(result: dict[str, Any]) -> None:
-        index, case = todo[result["case_id"]]
+    def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
         if result.get("status") != "ok":
             reason = result.get("reason") or "unknown failure"
-            records = [
+            return [
                 case_record(_record_params(case, ph, SUMMARY, None), "failed", reason)
                 for ph in phases
             ]
-        else:
-            records, ops = _case_records(case, result, writer.path, _context(spec, plan, case))
-            _append_ops(writer.path / OPS_CSV, case, ops)
-        written = [writer.append(r) for r in records]
-        on_event("case", {"index": index, "case": case, "records": written})
+        context = {**case_context(case, spec, plan), "kind": "profile"}
+        records, ops = _case_records(case, result, writer.path, context)
+        _append_ops(writer.path / OPS_CSV, case, ops)
+        return records
 
-    def on_progress(event: dict[str, Any]) -> None:
-        index, case = todo[event["case_id"]]
-        on_event("progress", {**event, "index": index, "case": case})
-
-    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
-    writer.finish()
+    measured = execute(
+        plan,
+        writer,
+        done=lambda case: all(writer.done(record_id(case, ph)) for ph in phases),
+        job=lambda case, key: _job(case, spec, plan, options, writer.path, key),
+        key=lambda case: case_id(case.params()),
+        records=to_records,
+        on_event=on_event,
+    )
     _, records = read_run(writer.path)
-    return ProfileRun(writer.path, plan, options, final_records(records), len(jobs))
+    return ProfileRun(writer.path, plan, options, final_records(records), measured)
 
 
 def _job(
     case: Case, spec: SuiteSpec, plan: Plan, options: ProfileOptions, path: Path, key: str
 ) -> Job:
-    device = plan.devices[case.backend]
-    model_spec = {
-        "model": case.model,
-        "weights": spec.weights,
-        "norm": case.norm,
-        "dtype": case.dtype,
-        "seed": spec.seed,
-        "device": device.framework_device,
-        "compile": case.compile,
-    }
     params = {
         **case.params(),
         "phases": list(parse_phase(options.phase)),
@@ -264,18 +235,7 @@ def _job(
         if options.metal_capture and case.backend == "mlx"
         else None,
     }
-    return Job(TASK, case.backend, model_spec, params, key)
-
-
-def _context(spec: SuiteSpec, plan: Plan, case: Case) -> dict[str, Any]:
-    device = plan.devices[case.backend]
-    return {
-        "kind": "profile",
-        "device_profile": device.profile.name,
-        "device_hardware": device.detected.hardware,
-        "weights": spec.weights or f"random(seed={spec.seed})",
-        "random_weights": spec.weights is None,
-    }
+    return Job(TASK, case.backend, model_spec(case, spec, plan), params, key)
 
 
 def _relative(value: Any, root: Path) -> Any:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from elmbench.backends.isolate import Job, run_isolated
-from elmbench.devices import ResolvedDevice
-from elmbench.records import Record, RunWriter, final_records, open_run, read_run, reports_root
+from elmbench.backends.isolate import Job
+from elmbench.records import Record, RunWriter, final_records, open_run, read_run
 from elmbench.suites import SuiteSpec
+from elmbench.throughput.execute import case_context, execute, model_spec, run_path
 from elmbench.throughput.metrics import (
     FAILED_METRIC,
     failed_record,
@@ -54,7 +54,7 @@ def spec_from_dict(data: dict[str, Any]) -> SuiteSpec:
 
 def stored_spec(resume: str | Path, root: str | Path | None = None) -> SuiteSpec:
     """The spec a run was started with, so that `--resume RUN` needs no other option."""
-    meta, _ = read_run(_resolve(resume, root))
+    meta, _ = read_run(run_path(resume, root))
     return spec_from_dict(meta.get("spec") or {})
 
 
@@ -74,18 +74,7 @@ def _probe_bandwidth(plan: Plan, stored: dict[str, Any] | None) -> dict[str, Any
     return stored
 
 
-def _job(case: Case, spec: SuiteSpec, device: ResolvedDevice, key: str) -> Job:
-    model_spec = {
-        "model": case.model,
-        "weights": spec.weights,
-        "norm": case.norm,
-        "dtype": case.dtype,
-        "seed": spec.seed,
-        "device": device.framework_device,
-        "compile": case.compile,
-        "quantize": spec.quantize,
-        "group_size": spec.group_size,
-    }
+def _job(case: Case, spec: SuiteSpec, plan: Plan, key: str) -> Job:
     params = {
         **case.params(),
         "seed": spec.seed,
@@ -93,26 +82,13 @@ def _job(case: Case, spec: SuiteSpec, device: ResolvedDevice, key: str) -> Job:
         "repetitions": spec.repetitions,
         "min_seconds": spec.min_seconds,
     }
-    return Job(TASKS[spec.kind], case.backend, model_spec, params, key)
+    return Job(TASKS[spec.kind], case.backend, model_spec(case, spec, plan), params, key)
 
 
 def _done(writer: RunWriter, case: Case) -> bool:
     if writer.done(metric_id(case, FAILED_METRIC)):
         return True
     return all(writer.done(metric_id(case, m)) for m in metrics_of(case))
-
-
-def _context(case: Case, spec: SuiteSpec, device: ResolvedDevice) -> dict[str, Any]:
-    return {
-        "kind": spec.kind,
-        "device_profile": device.profile.name,
-        "device_hardware": device.detected.hardware,
-        "device_mismatch": device.mismatch,
-        "weights": spec.weights or f"random(seed={spec.seed})",
-        "random_weights": spec.weights is None,
-        "seed": spec.seed,
-        "quantize": spec.quantize,
-    }
 
 
 def run_spec(
@@ -131,7 +107,7 @@ def run_spec(
     plan = build_plan(spec)
     stored_membw = None
     if resume is not None:
-        meta, _ = read_run(_resolve(resume, out))
+        meta, _ = read_run(run_path(resume, out))
         stored_membw = meta.get("membw")
     membw = _probe_bandwidth(plan, stored_membw)
     extra = {"membw": membw, "plan_notes": plan.notes, "cases": len(plan.cases)}
@@ -142,48 +118,28 @@ def run_spec(
         device={b: d.to_record() for b, d in plan.devices.items()},
         extra=extra if resume is None else None,
         root=out if resume is None else None,
-        resume=_resolve(resume, out) if resume is not None else None,
+        resume=run_path(resume, out) if resume is not None else None,
         retry_failed=retry_failed,
     )
-    todo: dict[str, tuple[int, Case]] = {}
-    jobs = []
-    for index, case in enumerate(plan.cases, 1):
-        if _done(writer, case):
-            continue
-        key = metric_id(case, FAILED_METRIC)
-        todo[key] = (index, case)
-        jobs.append(_job(case, spec, plan.devices[case.backend], key))
-    on_event(
-        "plan",
-        {"cases": len(plan.cases), "todo": len(jobs), "path": writer.path, "notes": plan.notes},
-    )
 
-    def on_record(result: dict[str, Any]) -> None:
-        index, case = todo[result["case_id"]]
+    def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
         device = plan.devices[case.backend]
-        context = _context(case, spec, device)
+        context = case_context(case, spec, plan)
         if result.get("status") != "ok":
-            records = [failed_record(case, result.get("reason", "unknown failure"), context)]
-        elif spec.kind == "norms":
-            records = norm_records(case, result, device, context)
-        else:
-            records = throughput_records(case, result, device, context)
-        written = [writer.append(r) for r in records]
-        on_event("case", {"index": index, "case": case, "records": written})
+            return [failed_record(case, result.get("reason", "unknown failure"), context)]
+        if spec.kind == "norms":
+            return norm_records(case, result, device, context)
+        return throughput_records(case, result, device, context)
 
-    def on_progress(event: dict[str, Any]) -> None:
-        index, case = todo[event["case_id"]]
-        on_event("progress", {**event, "index": index, "case": case})
-
-    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
-    writer.finish()
+    measured = execute(
+        plan,
+        writer,
+        done=lambda case: _done(writer, case),
+        job=lambda case, key: _job(case, spec, plan, key),
+        key=lambda case: metric_id(case, FAILED_METRIC),
+        records=to_records,
+        on_event=on_event,
+    )
     _, records = read_run(writer.path)
-    done_before = len(plan.cases) - len(jobs)
-    return RunResult(writer.path, plan, final_records(records), len(jobs), done_before)
-
-
-def _resolve(resume: str | Path, out: str | Path | None) -> Path:
-    path = Path(resume)
-    if not path.exists() and (reports_root(out) / path).exists():
-        return reports_root(out) / path
-    return path
+    done_before = len(plan.cases) - measured
+    return RunResult(writer.path, plan, final_records(records), measured, done_before)

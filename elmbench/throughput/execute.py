@@ -1,0 +1,96 @@
+"""What every measuring command shares: run folders by path or id, model specs for workers, and
+the loop that sends a plan's unfinished cases to per-backend workers and appends their records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from elmbench.backends.isolate import Job, run_isolated
+from elmbench.records import Record, RunWriter, reports_root
+from elmbench.suites import SuiteSpec
+from elmbench.throughput.plan import Case, Plan
+
+Event = dict[str, Any]
+
+
+def run_path(resume: str | Path, out: str | Path | None) -> Path:
+    """A run folder given as a path, or as a run id under the reports root."""
+    path = Path(resume)
+    if not path.exists() and (reports_root(out) / path).exists():
+        return reports_root(out) / path
+    return path
+
+
+def model_spec(case: Case, spec: SuiteSpec, plan: Plan) -> dict[str, Any]:
+    """The ModelSpec (as a dict, for a worker) of one case."""
+    return {
+        "model": case.model,
+        "weights": spec.weights,
+        "norm": case.norm,
+        "dtype": case.dtype,
+        "seed": spec.seed,
+        "device": plan.devices[case.backend].framework_device,
+        "compile": case.compile,
+        "quantize": spec.quantize,
+        "group_size": spec.group_size,
+    }
+
+
+def case_context(case: Case, spec: SuiteSpec, plan: Plan) -> dict[str, Any]:
+    """Fields every record of a case carries: device, weights identity, seed."""
+    device = plan.devices[case.backend]
+    return {
+        "kind": spec.kind,
+        "device_profile": device.profile.name,
+        "device_hardware": device.detected.hardware,
+        "device_mismatch": device.mismatch,
+        "weights": spec.weights or f"random(seed={spec.seed})",
+        "random_weights": spec.weights is None,
+        "seed": spec.seed,
+        "quantize": spec.quantize,
+    }
+
+
+def execute(
+    plan: Plan,
+    writer: RunWriter,
+    *,
+    done: Callable[[Case], bool],
+    job: Callable[[Case, str], Job],
+    key: Callable[[Case], str],
+    records: Callable[[Case, dict[str, Any]], list[Record]],
+    on_event: Callable[[str, Event], None],
+) -> int:
+    """Run the plan's cases that are not `done` and append their `records`; returns how many ran.
+
+    Events: ('plan', {cases, todo, path, notes}), ('progress', worker event with 'index' and
+    'case'), ('case', {index, case, records}).
+    """
+    todo: dict[str, tuple[int, Case]] = {}
+    jobs = []
+    for index, case in enumerate(plan.cases, 1):
+        if done(case):
+            continue
+        case_key = key(case)
+        todo[case_key] = (index, case)
+        jobs.append(job(case, case_key))
+    on_event(
+        "plan",
+        {"cases": len(plan.cases), "todo": len(jobs), "path": writer.path, "notes": plan.notes},
+    )
+
+    def on_record(result: dict[str, Any]) -> None:
+        index, case = todo[result["case_id"]]
+        written = [writer.append(r) for r in records(case, result)]
+        on_event("case", {"index": index, "case": case, "records": written})
+
+    def on_progress(event: dict[str, Any]) -> None:
+        index, case = todo[event["case_id"]]
+        on_event("progress", {**event, "index": index, "case": case})
+
+    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
+    writer.finish()
+    return len(jobs)
