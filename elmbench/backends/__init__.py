@@ -125,12 +125,25 @@ class BackendEntry:
         return result
 
 
+# Compile modes per backend, with what each does ("none" first: the default).
+COMPILE_MODES: dict[str, dict[str, str]] = {
+    "torch": {
+        "none": "eager PyTorch",
+        "inductor": "torch.compile (inductor): decode fullgraph with a tensor position; prefill",
+        "cudagraphs": "inductor with CUDA graphs (mode 'reduce-overhead') for decode; CUDA only",
+    },
+    "mlx": {
+        "none": "eager MLX (lazy graphs, evaluated per step)",
+        "mx.compile": "mx.compile over each block's stateless parts (norms, projections, FFN)",
+    },
+}
+
 BACKENDS: dict[str, BackendEntry] = {
     "torch": BackendEntry(
         "torch",
         "elmbench.backends.torch_backend:TorchBackend",
         "elmbench.backends.torch_backend:available",
-        "PyTorch eager (CPU, CUDA, Apple MPS)",
+        "PyTorch eager or compiled (CPU, CUDA, Apple MPS)",
     ),
     "mlx": BackendEntry(
         "mlx",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from elmbench.backends import Backend, ModelSpec
+from elmbench.backends import COMPILE_MODES, Backend, ModelSpec
 from elmbench.errors import UnavailableError
 from elmbench.norms import Availability
 
@@ -68,6 +68,19 @@ class MlxBackend(Backend):
         )
         self.config = self.model.config
         mx.eval(self.model.parameters())
+        self.compiled_parts = self._compile(spec.compile)
+
+    def _compile(self, mode: str) -> list[str]:
+        """`mx.compile` the model's stateless parts (after loading: graphs hold the weights)."""
+        if mode == "none":
+            return []
+        if mode != "mx.compile":
+            raise UnavailableError(
+                f"--compile {mode} with the MLX backend",
+                "MLX compiles with mx.compile",
+                f"Use --compile {' or --compile '.join(COMPILE_MODES['mlx'])} with --backend mlx",
+            )
+        return self.model.compile_steps()
 
     def setup(self, batch_size: int, max_seq_len: int) -> None:
         """Allocate the KV cache."""
@@ -127,4 +140,6 @@ class MlxBackend(Backend):
             "norm": self.spec.norm,
             "dtype": self.spec.dtype,
             "quantize": self.spec.quantize,
+            "compile": self.spec.compile,
+            "compiled_parts": self.compiled_parts,
         }

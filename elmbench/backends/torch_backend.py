@@ -1,18 +1,28 @@
-"""The torch backend: OpenELM in PyTorch eager on CPU, CUDA or Apple MPS."""
+"""The torch backend: OpenELM (or a comparison model) in PyTorch on CPU, CUDA or Apple MPS.
+
+On the CPU in fp32, OpenELM's few-row linears go through a streaming GEMV kernel where a timed
+probe at setup finds it faster (`elmbench.models.cpu_layout`); `describe()` records the choices.
+"""
 
 from __future__ import annotations
 
 import platform
 import resource
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from elmbench.backends import Backend, ModelSpec
-from elmbench.errors import UnavailableError
+from elmbench.backends.torch_compile import check_compile_mode, compile_steps, mark_cache_static
+from elmbench.errors import ConfigError, UnavailableError
+from elmbench.models.comparison import COMPARISON_MODELS
 from elmbench.norms import Availability
+
+if TYPE_CHECKING:
+    from elmbench.models.comparison import HFCausalLM
+    from elmbench.models.openelm_torch import OpenELM
 
 
 def available() -> Availability:
@@ -45,13 +55,11 @@ def rss_peak_bytes() -> int:
 
 
 class TorchBackend(Backend):
-    """OpenELM (elmbench.models.openelm_torch) behind the backend seam."""
+    """OpenELM (elmbench.models.openelm_torch) or a comparison model behind the backend seam."""
 
     name = "torch"
 
     def __init__(self, spec: ModelSpec) -> None:
-        from elmbench.checkpoints.torch_load import load_model
-
         super().__init__(spec)
         if spec.quantize:
             raise UnavailableError(
@@ -60,25 +68,89 @@ class TorchBackend(Backend):
                 "Use --backend mlx, or drop --quantize",
             )
         self.device = torch_device(spec.device)
-        self.model, self.source = load_model(
-            spec.model, spec.weights, spec.norm, spec.dtype, self.device, spec.seed, spec.crop_vocab
-        )
+        check_compile_mode(spec.compile, self.device)
+        self.model: OpenELM | HFCausalLM
+        self.comparison = spec.model in COMPARISON_MODELS
+        if spec.model is not None and self.comparison:
+            self._load_comparison(spec.model, spec)
+        else:
+            from elmbench.checkpoints.torch_load import load_model
+
+            self.model, self.source = load_model(
+                spec.model,
+                spec.weights,
+                spec.norm,
+                spec.dtype,
+                self.device,
+                spec.seed,
+                spec.crop_vocab,
+            )
         self.config = self.model.config
+        self.layout, self.layout_note = self._cpu_layout()
+        self.steps = compile_steps(self.model, spec.compile)
+        self.positions: list[torch.Tensor] = []
+
+    def _load_comparison(self, name: str, spec: ModelSpec) -> None:
+        from elmbench.checkpoints import WeightsSource
+        from elmbench.checkpoints.torch_load import torch_dtype
+        from elmbench.models.comparison import build_comparison
+
+        if spec.weights is not None:
+            raise ConfigError(
+                f"'{spec.model}' is a comparison model with seeded random weights; "
+                "drop --weights, or give an OpenELM preset"
+            )
+        if spec.compile != "none":
+            raise UnavailableError(
+                f"--compile {spec.compile} with '{spec.model}'",
+                "comparison models run through transformers' own (dynamic) KV cache",
+                "Use --compile none for comparison models",
+            )
+        self.model = build_comparison(
+            name, spec.norm, torch_dtype(spec.dtype), self.device, spec.seed
+        )
+        self.source = WeightsSource("random", seed=spec.seed)
+
+    def _cpu_layout(self) -> tuple[Any, str]:
+        """The streaming-GEMV layout where it applies (OpenELM, fp32, CPU), else why not."""
+        from elmbench.models import cpu_layout
+
+        if self.comparison:
+            return None, "not applied: comparison models run as transformers builds them"
+        reason = cpu_layout.applies(self.model)
+        if reason is not None:
+            return None, f"not applied: {reason}"
+        try:
+            layout = cpu_layout.apply_cpu_layout(self.model)
+        except cpu_layout.KernelUnavailable as exc:
+            return None, f"not applied: the GEMV kernel did not build ({exc})"
+        return layout, "streaming GEMV where the probe finds it faster"
 
     def setup(self, batch_size: int, max_seq_len: int) -> None:
-        """Allocate the static KV cache."""
+        """Allocate the static KV cache; probe the CPU layout for this batch size (once)."""
         self.model.setup_cache(batch_size, max_seq_len)
+        if self.layout is not None:
+            self.layout.prepare(batch_size)
+        if self.spec.compile == "cudagraphs":
+            mark_cache_static(self.model)
+        # One tensor per position, made now: a decode step then needs no host-to-device copy.
+        self.positions = [torch.tensor([p], device=self.device) for p in range(max_seq_len)]
 
     @torch.inference_mode()
     def prefill(self, tokens: np.ndarray) -> torch.Tensor:
         """Prompt through the cache; greedy next tokens (B, 1)."""
         x = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
-        return self.model.prefill(x).argmax(-1)
+        return self.steps.prefill(x)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """One cached step; greedy next tokens (B, 1)."""
-        return self.model.decode(tokens, position).argmax(-1)
+        if not 0 <= position < len(self.positions):
+            raise ConfigError(
+                f"decode at position {position}, but setup() allocated {len(self.positions)} "
+                "positions; call setup with a larger max_seq_len"
+            )
+        return self.steps.decode(tokens, self.positions[position])
 
     def to_numpy(self, tokens: torch.Tensor) -> np.ndarray:
         """Tokens on the host."""
@@ -122,7 +194,7 @@ class TorchBackend(Backend):
             device_name = torch.cuda.get_device_name(self.device)
         else:
             device_name = platform.processor() or platform.machine()
-        return {
+        facts: dict[str, Any] = {
             "backend": "torch",
             "torch_version": torch.__version__,
             "device": str(self.device),
@@ -133,4 +205,13 @@ class TorchBackend(Backend):
             "weights": self.source.describe(),
             "norm": self.spec.norm,
             "dtype": self.spec.dtype,
+            "compile": self.spec.compile,
+            "compile_details": self.steps.details,
+            "cpu_layout": self.layout.describe() if self.layout is not None else None,
+            "cpu_layout_note": self.layout_note,
         }
+        facts["num_norms"] = self.config.num_norms
+        native = getattr(self.config, "native_norm", None)
+        if native is not None:
+            facts["native_norm"] = native
+        return facts

@@ -86,14 +86,23 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
             x, self.head_dim, traditional=False, base=self.rope_base, scale=1.0, offset=offset
         )
 
-    def __call__(self, x: mx.array, pos: int | None) -> mx.array:
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Q, K (per-head normalized, before RoPE) and V, each (B, H, T, D): no cache, no offset."""
         b, t, _ = x.shape
         qkv = self.qkv_proj(x).reshape(b, t, self.n_q + 2 * self.n_kv, self.head_dim)
         qkv = qkv.transpose(0, 2, 1, 3)  # (B, H_q + 2 H_kv, T, D)
         q, k, v = mx.split(qkv, [self.n_q, self.n_q + self.n_kv], axis=1)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def __call__(self, x: mx.array, pos: int | None) -> mx.array:
+        return self.attend(*self.project(x), pos)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, pos: int | None) -> mx.array:
+        """RoPE from `pos`, the cache update, causal attention and the output projection."""
+        b, _, t, _ = q.shape
         offset = 0 if pos is None else pos
-        q = self.rope(self.q_norm(q), offset)
-        k = self.rope(self.k_norm(k), offset)
+        q = self.rope(q, offset)
+        k = self.rope(k, offset)
         if pos is not None:
             if self.cache is None:
                 raise RuntimeError("setup_cache() must be called before cached steps")
@@ -129,10 +138,22 @@ class OpenELMDecoderLayer(nn.Module):
         self.ffn = OpenELMFeedForwardNetwork(cfg, layer)
         self.ffn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
         self.attn_norm = make_norm(cfg.model_dim, cfg.norm_eps)
+        # The stateless halves of the block; `OpenELM.compile_steps` swaps in compiled ones.
+        self.attn_inputs_step: Callable[[mx.array], tuple[mx.array, mx.array, mx.array]]
+        self.attn_inputs_step = self.attn_inputs
+        self.ffn_step: Callable[[mx.array], mx.array] = self.ffn_block
+
+    def attn_inputs(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """attn_norm, then the attention's projection and Q/K norms (no cache, no position)."""
+        return self.attn.project(self.attn_norm(x))
+
+    def ffn_block(self, h: mx.array) -> mx.array:
+        """h + ffn(ffn_norm(h))."""
+        return h + self.ffn(self.ffn_norm(h))
 
     def __call__(self, x: mx.array, pos: int | None) -> mx.array:
-        h = x + self.attn(self.attn_norm(x), pos)
-        return h + self.ffn(self.ffn_norm(h))
+        h = x + self.attn.attend(*self.attn_inputs_step(x), pos)
+        return self.ffn_step(h)
 
 
 class OpenELMModel(nn.Module):
@@ -155,6 +176,7 @@ class OpenELM(nn.Module):
         self.norm_name = norm
         self.transformer = OpenELMModel(cfg, norm_factory(norm))
         self.max_seq_len = 0
+        self.head_step: Callable[[mx.array], mx.array] = self.head
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -178,11 +200,26 @@ class OpenELM(nn.Module):
         x = self.transformer.token_embeddings(tokens)
         for layer in self.transformer.layers:
             x = layer(x, pos)
-        x = self.transformer.norm(x)
         if last_only:
             x = x[:, -1:]
-        # Tied head; `as_linear` also serves a quantized embedding.
-        return self.transformer.token_embeddings.as_linear(x)
+        return self.head_step(x)
+
+    def head(self, x: mx.array) -> mx.array:
+        """Final norm and the tied head (`as_linear` also serves a quantized embedding)."""
+        return self.transformer.token_embeddings.as_linear(self.transformer.norm(x))
+
+    def compile_steps(self) -> list[str]:
+        """Put the stateless parts of every step under `mx.compile`; the parts compiled.
+
+        The KV-cache update and attention stay eager: their shapes change with each position,
+        and a compiled graph would be traced again at every step. Compile after loading weights:
+        compiled graphs hold the parameters they close over.
+        """
+        for layer in self.transformer.layers:
+            layer.attn_inputs_step = mx.compile(layer.attn_inputs)
+            layer.ffn_step = mx.compile(layer.ffn_block)
+        self.head_step = mx.compile(self.head)
+        return ["attn_norm+qkv_proj+q_norm+k_norm", "ffn_norm+ffn+residual", "final_norm+head"]
 
     def prefill(self, tokens: mx.array, last_only: bool = True) -> mx.array:
         """Run the prompt (B, T) through the cache from position 0; logits of the last position."""

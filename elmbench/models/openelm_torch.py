@@ -202,6 +202,8 @@ class OpenELM(nn.Module):
         self.config = cfg
         self.norm_name = norm
         self.transformer = OpenELMModel(cfg, norm_factory(norm))
+        # The tied head as a function of (x, embedding weight): a CPU layout may swap the kernel.
+        self.head_linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear
         self.max_seq_len = 0
         self.reset_buffers()
 
@@ -254,7 +256,7 @@ class OpenELM(nn.Module):
         if last_only:
             x = x[:, -1:]
         with part("head"):
-            return F.linear(x, self.transformer.token_embeddings.weight)
+            return self.head_linear(x, self.transformer.token_embeddings.weight)
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Run the prompt (B, T) through the cache from position 0; logits of the last position."""

@@ -9,12 +9,12 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from elmbench.backends import COMPILE_MODES
 from elmbench.devices import ResolvedDevice, resolve_device
 from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
 from elmbench.suites import SuiteSpec
 
 # Compile modes per backend; `cudagraphs` needs a CUDA device.
-BACKEND_COMPILE = {"torch": ("none", "inductor", "cudagraphs"), "mlx": ("none", "mx.compile")}
 NATIVE = "native"  # a model's own normalization (OpenELM: naive RMSNorm; OLMo: LayerNorm)
 
 
@@ -111,10 +111,10 @@ def model_norms(
 
 
 def _compile_modes(spec: SuiteSpec, devices: dict[str, ResolvedDevice]) -> dict[str, list[str]]:
-    modes = {b: [m for m in spec.compile if m in BACKEND_COMPILE[b]] for b in devices}
+    modes = {b: [m for m in spec.compile if m in COMPILE_MODES[b]] for b in devices}
     for mode in spec.compile:
         if not any(mode in modes[b] for b in devices):
-            allowed = sorted({m for b in devices for m in BACKEND_COMPILE[b]})
+            allowed = sorted({m for b in devices for m in COMPILE_MODES[b]})
             raise ConfigError(
                 f"compile mode '{mode}' does not apply to backend {', '.join(devices)}; "
                 f"allowed here: {', '.join(allowed)}"

@@ -1,0 +1,98 @@
+"""Compile modes of the torch backend: eager, torch.compile (inductor), and CUDA graphs.
+
+Decode is compiled whole (fullgraph) with the position as a tensor, so one graph serves every
+step of a shape; the first calls compile, which the throughput protocol counts as warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from elmbench.backends import COMPILE_MODES
+from elmbench.errors import UnavailableError, UnknownNameError
+
+TORCH_COMPILE_MODES = COMPILE_MODES["torch"]
+MLX_COMPILE_MODES = COMPILE_MODES["mlx"]
+
+TokenStep = Callable[[torch.Tensor], torch.Tensor]
+DecodeStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_compile_mode(mode: str, device: torch.device) -> None:
+    """A torch compile mode that runs on `device`, or a clear error naming what is allowed."""
+    allowed = ", ".join(TORCH_COMPILE_MODES)
+    if mode in MLX_COMPILE_MODES and mode not in TORCH_COMPILE_MODES:
+        raise UnavailableError(
+            f"--compile {mode} with the torch backend",
+            "it is an MLX compile mode",
+            f"Use --backend mlx, or one of the torch modes: {allowed}",
+        )
+    if mode not in TORCH_COMPILE_MODES:
+        raise UnknownNameError("torch compile mode", mode, TORCH_COMPILE_MODES)
+    if mode == "cudagraphs" and device.type != "cuda":
+        raise UnavailableError(
+            "--compile cudagraphs",
+            f"CUDA graphs need a CUDA device, not '{device.type}'",
+            "On this device use --compile none or --compile inductor",
+        )
+
+
+@dataclass
+class Steps:
+    """The model's prefill and decode as the mode runs them, returning greedy next tokens (B, 1)."""
+
+    mode: str
+    prefill: TokenStep
+    decode: DecodeStep  # (tokens (B, 1), position (1,) tensor on the model's device)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def compile_steps(model: nn.Module, mode: str) -> Steps:
+    """Wrap `model`'s prefill and cached decode (tensor position) for the compile mode.
+
+    Nothing compiles here: torch.compile works on the first call of each shape.
+    """
+    steps: Any = model
+
+    def prefill(tokens: torch.Tensor) -> torch.Tensor:
+        return steps.prefill(tokens).argmax(-1)
+
+    def decode(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return steps.decode(tokens, position).argmax(-1)
+
+    if mode == "none":
+        return Steps(mode, prefill, decode, {"compile": "none (eager)"})
+    if mode == "inductor":
+        return Steps(
+            mode,
+            torch.compile(prefill),
+            torch.compile(decode, fullgraph=True, dynamic=False),
+            {"compile": "inductor", "decode": "fullgraph, static shapes", "prefill": "default"},
+        )
+    graphed = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    def decode_graphed(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        # A CUDA graph's outputs live in its static pool and the next replay overwrites them.
+        return graphed(tokens, position).clone()
+
+    return Steps(
+        mode,
+        prefill,
+        decode_graphed,
+        {"compile": "cudagraphs", "decode": "inductor + CUDA graphs", "prefill": "eager"},
+    )
+
+
+def mark_cache_static(model: nn.Module) -> None:
+    """Give CUDA graphs fixed KV-cache addresses (the buffers are written in place each step)."""
+    from elmbench.models.openelm_torch import KVCache
+
+    for module in model.modules():
+        if isinstance(module, KVCache):
+            torch._dynamo.mark_static_address(module.k)
+            torch._dynamo.mark_static_address(module.v)

@@ -1,0 +1,90 @@
+"""The CPU decode layout: a streaming GEMV kernel that must match `F.linear` wherever it is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elmbench.backends import ModelSpec, create_backend
+from elmbench.config import get_config
+from elmbench.models import cpu_layout
+from elmbench.models.openelm_torch import OpenELM
+
+
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 37, 19), (3, 64, 128), (8, 130, 1000)])
+def test_gemv_matches_linear(rows: int, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen)
+    np.testing.assert_allclose(cpu_layout.gemv_eager(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    x3 = x.view(rows, 1, k)  # leading dimensions are kept
+    assert cpu_layout.gemv_eager(x3, w).shape == (rows, 1, n)
+
+
+def test_gemv_inside_torch_compile_matches_linear() -> None:
+    x, w = torch.randn(1, 40), torch.randn(24, 40)
+    compiled = torch.compile(lambda a, b: cpu_layout.gemv(a, b) * 2.0, fullgraph=True)
+    np.testing.assert_allclose(compiled(x, w), 2.0 * F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+def _kernel_everywhere(layout: cpu_layout.CpuLayout, rows: int) -> None:
+    for target in layout.targets:
+        target.choose.kernel_rows.add(rows)
+
+
+def test_laid_out_model_matches_the_stock_model() -> None:
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    stock = OpenELM(cfg).eval()
+    laid_out = OpenELM(cfg).eval()
+    laid_out.load_state_dict(stock.state_dict())
+    keys = list(stock.state_dict())
+    layout = cpu_layout.apply_cpu_layout(laid_out)
+    assert list(laid_out.state_dict()) == keys  # same parameters under the same names
+    assert {t.kind for t in layout.targets} == {"qkv_proj", "out_proj", "proj_1", "proj_2", "head"}
+    _kernel_everywhere(layout, 2)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for model in (stock, laid_out):
+            model.setup_cache(2, 8)
+        ref, out = stock.prefill(tokens), laid_out.prefill(tokens)  # 12 rows: F.linear
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+        step = ref.argmax(-1)
+        np.testing.assert_allclose(laid_out.decode(step, 6), stock.decode(step, 6), atol=1e-5)
+
+
+def test_probe_records_a_choice_per_kind_and_skips_many_rows() -> None:
+    torch.manual_seed(0)
+    layout = cpu_layout.apply_cpu_layout(OpenELM(get_config("tiny")).eval())
+    probe = layout.prepare(1, repeats=1)
+    assert set(probe["chosen"]) == {"qkv_proj", "out_proj", "proj_1", "proj_2", "head"}
+    assert set(probe["chosen"].values()) <= {"aten", "gemv"}
+    assert "more than" in layout.prepare(cpu_layout.MAX_KERNEL_ROWS + 1)["skipped"]
+    assert [p["rows"] for p in layout.describe()["probes"]] == [1, cpu_layout.MAX_KERNEL_ROWS + 1]
+
+
+def test_backend_records_when_the_layout_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    bf16 = create_backend("torch", ModelSpec(model="tiny", dtype="bfloat16")).describe()
+    assert bf16["cpu_layout"] is None and "dtype bfloat16" in bf16["cpu_layout_note"]
+    monkeypatch.setenv("ELMBENCH_GEMV", "off")
+    off = create_backend("torch", ModelSpec(model="tiny")).describe()
+    assert off["cpu_layout"] is None and "ELMBENCH_GEMV" in off["cpu_layout_note"]
+
+
+def test_no_compiler_falls_back_to_stock_kernels(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("ELMBENCH_CACHE", str(tmp_path / "cache"))
+    cpu_layout.load_kernel.cache_clear()
+    try:
+        backend = create_backend("torch", ModelSpec(model="tiny", seed=3))
+        facts = backend.describe()
+        assert facts["cpu_layout"] is None and "did not build" in facts["cpu_layout_note"]
+        prompt = np.random.default_rng(0).integers(0, 512, size=(1, 4))
+        assert backend.generate(prompt, 3).shape == (1, 3)
+    finally:
+        cpu_layout.load_kernel.cache_clear()
