@@ -68,6 +68,14 @@ def test_comparison_model_norms_include_its_native_layernorm() -> None:
     assert [c.norm for c in build_plan(spec).cases] == ["native", "naive", "fused", "compiled"]
 
 
+def test_comparison_models_run_eager_beside_compiled_openelm() -> None:
+    spec = TINY.with_overrides(models=("tiny", "llama-270m"), compile=("none", "inductor"))
+    plan = build_plan(spec)
+    modes = {(c.model, c.compile) for c in plan.cases}
+    assert modes == {("tiny", "none"), ("tiny", "inductor"), ("llama-270m", "none")}
+    assert any("llama-270m: compile inductor left out" in n for n in plan.notes)
+
+
 @pytest.mark.parametrize(
     ("changes", "error", "words"),
     [

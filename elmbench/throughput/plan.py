@@ -143,6 +143,20 @@ def _check_shapes(spec: SuiteSpec) -> None:
             )
 
 
+def _model_modes(model: str, modes: list[str], notes: list[str]) -> list[str]:
+    """The compile modes a model runs in: comparison models run eager only (HF's dynamic cache)."""
+    from elmbench.models.comparison import COMPARISON_MODELS
+
+    if model not in COMPARISON_MODELS or modes == ["none"]:
+        return modes
+    dropped = [m for m in modes if m != "none"]
+    notes.append(
+        f"{model}: compile {', '.join(dropped)} left out (comparison models run eager, "
+        "through transformers' dynamic KV cache)"
+    )
+    return [m for m in modes if m == "none"]
+
+
 def build_plan(spec: SuiteSpec) -> Plan:
     """Resolve devices, norms and compile modes and expand the cases (their product), in order."""
     devices = resolve_devices(spec)
@@ -166,7 +180,8 @@ def build_plan(spec: SuiteSpec) -> Plan:
         norms, left_out = model_norms(model, backend, spec.norms)
         notes.extend(n for n in left_out if n not in notes)
         key = devices[backend].detected.key
-        for dtype, mode, norm in itertools.product(spec.dtypes, modes[backend], norms):
+        model_modes = _model_modes(model, modes[backend], notes)
+        for dtype, mode, norm in itertools.product(spec.dtypes, model_modes, norms):
             if spec.kind == "norms":
                 if norm == NATIVE:
                     continue
