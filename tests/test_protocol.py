@@ -6,6 +6,7 @@ import importlib.util
 import json
 import statistics
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from elmbench.measure import (
     Protocol,
     Timer,
     measure_read_bandwidth,
+    measure_roofline,
     run_protocol,
 )
 
@@ -221,14 +223,15 @@ def test_real_clock_smoke() -> None:
 # --- the CPU read-bandwidth probe -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "stream"])
 def test_bandwidth_probe_reports_the_best_pass(backend: str) -> None:
     result = measure_read_bandwidth(size_mib=8, repeats=3, backend=backend, threads=2)
     assert result.bytes_per_repetition == 8 * 2**20
     assert len(result.raw_s) == 3 and all(s > 0 for s in result.raw_s)
     assert result.gb_per_s == pytest.approx(max(result.raw_gb_per_s))
     assert result.gb_per_s == pytest.approx(8 * 2**20 / min(result.raw_s) / 1e9)
-    assert result.method.startswith({"numpy": "numpy.sum", "torch": "torch.sum"}[backend])
+    starts = {"numpy": "numpy.sum", "torch": "torch.sum", "stream": "streaming GEMV"}
+    assert result.method.startswith(starts[backend])
     record = json.loads(json.dumps(result.to_record()))
     assert record["membw_gb_per_s"] == result.gb_per_s and record["membw_threads"] == 2
 
@@ -263,3 +266,23 @@ def test_bandwidth_probe_rejects_bad_arguments() -> None:
         measure_read_bandwidth(size_mib=0)
     with pytest.raises(ConfigError, match="threads"):
         measure_read_bandwidth(size_mib=4, threads=0)
+
+
+def test_roofline_is_the_fastest_probe_and_keeps_them_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from elmbench.models import cpu_layout
+
+    record = measure_roofline(size_mib=8, repeats=2)
+    probes = record["membw_probes"]
+    assert [p["method"].split(" over")[0] for p in probes] == ["torch.sum", "streaming GEMV kernel"]
+    assert record["membw_gb_per_s"] == max(p["gb_per_s"] for p in probes)
+    assert record["membw_method"].startswith("best of 2 read probe(s)")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("ELMBENCH_CACHE", str(tmp_path))
+    cpu_layout.load_kernel.cache_clear()
+    try:
+        alone = measure_roofline(size_mib=8, repeats=1)
+    finally:
+        cpu_layout.load_kernel.cache_clear()
+    assert len(alone["membw_probes"]) == 1 and "did not build" in alone["membw_probes_skipped"][0]

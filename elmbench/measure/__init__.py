@@ -3,7 +3,7 @@
 Nothing here prints or imports torch/mlx at import time; results are records.
 """
 
-from elmbench.measure.membw import BandwidthResult, measure_read_bandwidth
+from elmbench.measure.membw import BandwidthResult, measure_read_bandwidth, measure_roofline
 from elmbench.measure.protocol import TOTAL, Protocol, Stats, Timer, Timing, run_protocol
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "Timer",
     "Timing",
     "measure_read_bandwidth",
+    "measure_roofline",
     "run_protocol",
 ]

@@ -64,9 +64,9 @@ def _probe_bandwidth(plan: Plan, stored: dict[str, Any] | None) -> dict[str, Any
     if not needs:
         return None
     if stored is None:
-        from elmbench.measure.membw import measure_read_bandwidth
+        from elmbench.measure.membw import measure_roofline
 
-        stored = measure_read_bandwidth().to_record()
+        stored = measure_roofline()
     for backend in needs:
         plan.devices[backend] = plan.devices[backend].with_measured_bandwidth(
             stored["membw_gb_per_s"], stored["membw_method"]
