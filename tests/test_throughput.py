@@ -266,3 +266,15 @@ def test_quantized_mlx_case_runs_and_is_recorded(tmp_path: Path) -> None:
     result = run_spec(spec, out=tmp_path)
     assert all(r["status"] in ("ok", "skipped") for r in result.records), result.records[0]
     assert {r["quantize"] for r in result.records} == {8}
+
+
+def test_a_worker_frees_the_previous_model_before_loading_the_next() -> None:
+    import weakref
+
+    from elmbench.throughput import measure
+
+    first, _ = measure.load("mlx", {"model": "tiny", "seed": 1})
+    model = weakref.ref(first.model)
+    del first
+    measure.load("mlx", {"model": "tiny", "seed": 2})
+    assert model() is None  # else its memory would count in the next case's peak

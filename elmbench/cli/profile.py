@@ -135,6 +135,9 @@ def pivot(
     return [table[n] for n in names], columns
 
 
+# A profiled step is one pass of the phase: the whole prompt, or all n - 1 decode steps.
+STEP = "ms per profiled step: one prefill, or one pass of the n - 1 decode tokens"
+
 TOP_COLUMNS = [
     Column.key("case", "case", group=True),
     Column.key("#", "rank", numeric=True),
@@ -203,11 +206,11 @@ def show(run: Any, fmt: str, top: int) -> int:
     if any(r["status"] == "ok" for r in rows):
         click.echo()
         cat_rows, cat_columns = pivot(records, "profile_category", "category", CATEGORIES)
-        emit(cat_rows, cat_columns, fmt, title="time by category (ms per step, share %)")
+        emit(cat_rows, cat_columns, fmt, title=f"time by category ({STEP}, share %)")
         click.echo()
         order = [*NORM_PARTS_FIRST, *(p for p in PARTS if p not in NORM_PARTS_FIRST)]
         part_rows, part_columns = pivot(records, "profile_part", "part", order)
-        emit(part_rows, part_columns, fmt, title="time by model part, norms first")
+        emit(part_rows, part_columns, fmt, title=f"time by model part, norms first ({STEP})")
         top_ops = top_rows(records, top)
         if top_ops:
             click.echo()

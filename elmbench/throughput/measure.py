@@ -7,6 +7,7 @@ by the device synchronisation. The KV cache is allocated once per shape, outside
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None
     key = backend_name + json.dumps(spec, sort_keys=True)
     if _loaded is not None and _loaded[0] == key:
         return _loaded[1], None
-    _loaded = None  # free the previous model before loading the next
+    _loaded = None  # free the previous model before loading the next (and its peak memory)
+    gc.collect()  # models hold reference cycles (bound-method attributes): free them now
     start = time.perf_counter()
     backend = create_backend(backend_name, ModelSpec(**spec))
     _loaded = (key, backend)
