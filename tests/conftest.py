@@ -79,3 +79,14 @@ def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         minloglevel=2,
     )
     return prefix.with_suffix(".model")
+
+
+@pytest.fixture
+def gemv_kernel() -> None:
+    """Skip where elmbench's CPU GEMV kernel cannot be built (no C compiler): it is optional."""
+    from elmbench.models import cpu_layout
+
+    try:
+        cpu_layout.load_kernel()
+    except cpu_layout.KernelUnavailable as exc:
+        pytest.skip(f"the GEMV kernel does not build here: {exc}")

@@ -14,7 +14,10 @@ from elmbench.config import get_config
 from elmbench.models import cpu_layout
 from elmbench.models.openelm_torch import OpenELM
 
+needs_kernel = pytest.mark.usefixtures("gemv_kernel")
 
+
+@needs_kernel
 @pytest.mark.parametrize(("rows", "n", "k"), [(1, 37, 19), (3, 64, 128), (8, 130, 1000)])
 def test_gemv_matches_linear(rows: int, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(0)
@@ -24,6 +27,7 @@ def test_gemv_matches_linear(rows: int, n: int, k: int) -> None:
     assert cpu_layout.gemv_eager(x3, w).shape == (rows, 1, n)
 
 
+@needs_kernel
 def test_gemv_inside_torch_compile_matches_linear() -> None:
     x, w = torch.randn(1, 40), torch.randn(24, 40)
     compiled = torch.compile(lambda a, b: cpu_layout.gemv(a, b) * 2.0, fullgraph=True)
@@ -35,6 +39,7 @@ def _kernel_everywhere(layout: cpu_layout.CpuLayout, rows: int) -> None:
         target.choose.kernel_rows.add(rows)
 
 
+@needs_kernel
 def test_laid_out_model_matches_the_stock_model() -> None:
     cfg = get_config("tiny")
     torch.manual_seed(0)
@@ -56,6 +61,7 @@ def test_laid_out_model_matches_the_stock_model() -> None:
         np.testing.assert_allclose(laid_out.decode(step, 6), stock.decode(step, 6), atol=1e-5)
 
 
+@needs_kernel
 def test_probe_records_a_choice_per_kind_and_skips_many_rows() -> None:
     torch.manual_seed(0)
     layout = cpu_layout.apply_cpu_layout(OpenELM(get_config("tiny")).eval())

@@ -224,7 +224,11 @@ def test_real_clock_smoke() -> None:
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "stream"])
-def test_bandwidth_probe_reports_the_best_pass(backend: str) -> None:
+def test_bandwidth_probe_reports_the_best_pass(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "stream":
+        request.getfixturevalue("gemv_kernel")
     result = measure_read_bandwidth(size_mib=8, repeats=3, backend=backend, threads=2)
     assert result.bytes_per_repetition == 8 * 2**20
     assert len(result.raw_s) == 3 and all(s > 0 for s in result.raw_s)
@@ -268,6 +272,7 @@ def test_bandwidth_probe_rejects_bad_arguments() -> None:
         measure_read_bandwidth(size_mib=4, threads=0)
 
 
+@pytest.mark.usefixtures("gemv_kernel")
 def test_roofline_is_the_fastest_probe_and_keeps_them_all(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
