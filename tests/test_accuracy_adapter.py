@@ -124,3 +124,32 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ElmbenchError, match="not a SentencePiece model"):
         load_tokenizer(str(bad))
+
+
+def test_each_scored_batch_is_cached_before_the_next_runs(
+    sp_model: Path, backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interrupted run keeps what it scored: lm-eval's request cache gets every batch at once."""
+    lm = ElmLM(backend, SentencePieceTokenizer(sp_model), batch_size=2)
+    cached: list[tuple[Any, Any]] = []
+
+    class Hook:
+        def add_partial(self, attr: str, req: Any, res: Any) -> None:
+            cached.append((req, res))
+
+    lm.set_cache_hook(Hook())
+    real, calls = lm._logprob_rows, []
+
+    def fail_on_second(batch: list[tuple[int, ...]], last: list[int]) -> list[np.ndarray]:
+        calls.append(batch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(batch, last)
+
+    lm._logprob_rows = fail_on_second  # type: ignore[method-assign]
+    pairs = [("Return the", " value"), ("The object", " is"), ("def", " f"), ("Raise", " it")]
+    with pytest.raises(KeyboardInterrupt):
+        lm.loglikelihood([Req(c, x) for c, x in pairs])
+    assert len(cached) == 2  # the first batch's two answers, before the interruption
+    assert {req for req, _ in cached} <= set(pairs)
+    assert "Scoring loglikelihood requests" in capsys.readouterr().err  # progress on stderr

@@ -103,7 +103,11 @@ class ElmLM(TemplateLM):
     def _loglikelihood_tokens(
         self, requests: list[Request], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
-        """(sum of continuation log-probs, whether every continuation token is the argmax)."""
+        """(sum of continuation log-probs, whether every continuation token is the argmax).
+
+        Each batch's answers go to lm-eval's request cache as soon as the batch is scored, so an
+        interrupted run resumes from the last finished batch.
+        """
         inputs: dict[tuple[int, ...], list[int]] = {}  # shared input -> request indices
         plans = []
         for i, (_, context, continuation) in enumerate(requests):
@@ -115,23 +119,25 @@ class ElmLM(TemplateLM):
             inputs.setdefault(inp, []).append(i)
         # Longest first, so a batch that does not fit fails at once; rows of a batch are padded.
         unique = sorted(inputs, key=lambda t: (-len(t), t))
-        rows: dict[tuple[int, ...], np.ndarray] = {}
-        for start in range(0, len(unique), self.batch_size):
-            batch = unique[start : start + self.batch_size]
-            need = [max(len(plans[i][1]) for i in inputs[inp]) for inp in batch]
-            for inp, out in zip(batch, self._logprob_rows(batch, need), strict=True):
-                rows[inp] = out
-        results = []
-        for (key, _, _), (inp, continuation) in zip(requests, plans, strict=True):
-            logp = rows[inp][-len(continuation) :]  # (len(cont), V)
-            targets = np.asarray(continuation)
-            picked = logp[np.arange(len(targets)), targets]
-            greedy = bool((logp.argmax(-1) == targets).all())
-            answer = (float(picked.sum()), greedy)
-            results.append(answer)
-            if key is not None:  # rolling windows carry no request key
-                self.cache_hook.add_partial("loglikelihood", key, answer)
-        return results
+        answers: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        with self._progress(len(requests), "loglikelihood requests", disable_tqdm) as bar:
+            for start in range(0, len(unique), self.batch_size):
+                batch = unique[start : start + self.batch_size]
+                need = [max(len(plans[i][1]) for i in inputs[inp]) for inp in batch]
+                for inp, rows in zip(batch, self._logprob_rows(batch, need), strict=True):
+                    for i in inputs[inp]:
+                        answers[i] = _answer(rows, plans[i][1])
+                        key = requests[i][0]
+                        if key is not None:  # rolling windows carry no request key
+                            self.cache_hook.add_partial("loglikelihood", key, answers[i])
+                    bar.update(len(inputs[inp]))
+        return answers
+
+    def _progress(self, total: int, what: str, disable: bool) -> Any:
+        """A progress bar on stderr (rank 0 only), as lm-eval's own models show."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"Scoring {what}", disable=disable or self.rank != 0)
 
     def _logprob_rows(self, batch: list[tuple[int, ...]], last: list[int]) -> list[np.ndarray]:
         lengths = [len(inp) for inp in batch]
@@ -144,36 +150,43 @@ class ElmLM(TemplateLM):
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole strings over disjoint windows of the context length."""
         out = []
-        for request in requests:
-            (string,) = request.args
-            windows = [
-                (None, *lm_utils.make_disjoint_window(w))
-                for w in lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                )
-            ]
-            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows))
-            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
-            out.append(total)
+        with self._progress(len(requests), "rolling log-likelihoods", disable_tqdm) as bar:
+            for request in requests:
+                out.append(self._rolling(request.args[0]))
+                bar.update(1)
         return out
+
+    def _rolling(self, string: str) -> float:
+        """One string's log-likelihood over its windows; cached in lm-eval's request cache."""
+        windows = [
+            (None, *lm_utils.make_disjoint_window(w))
+            for w in lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(string),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
+        ]
+        total = sum(ll for ll, _ in self._loglikelihood_tokens(windows, disable_tqdm=True))
+        self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+        return total
 
     # Generation ----------------------------------------------------------------------------------
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy generation with the KV cache until a stop sequence, EOS or the token limit."""
         out = []
-        for request in requests:
-            context, gen_kwargs = request.args
-            kwargs = dict(gen_kwargs or {})
-            until = kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
-            until = [until] if isinstance(until, str) else list(until)
-            limit = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-            text = self.generate_greedy(context, until, limit)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            out.append(text)
+        with self._progress(len(requests), "generations", disable_tqdm) as bar:
+            for request in requests:
+                context, gen_kwargs = request.args
+                kwargs = dict(gen_kwargs or {})
+                until = kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
+                until = [until] if isinstance(until, str) else list(until)
+                limit = int(kwargs.get("max_gen_toks", self.max_gen_toks))
+                text = self.generate_greedy(context, until, limit)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                out.append(text)
+                bar.update(1)
         return out
 
     def generate_greedy(self, context: str, until: list[str], limit: int) -> str:
@@ -195,3 +208,11 @@ class ElmLM(TemplateLM):
             if step + 1 < limit:
                 tok = self.model.decode(tok, len(ids) + step)
         return self.tok_decode(generated)
+
+
+def _answer(rows: np.ndarray, continuation: Sequence[int]) -> tuple[float, bool]:
+    """Sum of the continuation's log-probs, and whether each of its tokens is the argmax."""
+    logp = rows[-len(continuation) :]  # (len(cont), V)
+    targets = np.asarray(continuation)
+    picked = logp[np.arange(len(targets)), targets]
+    return float(picked.sum()), bool((logp.argmax(-1) == targets).all())
