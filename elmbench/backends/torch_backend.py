@@ -88,7 +88,8 @@ class TorchBackend(Backend):
         self.config = self.model.config
         self.layout, self.layout_note = self._cpu_layout()
         self.steps = compile_steps(self.model, spec.compile)
-        self.positions: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []  # one tensor per position, kept across setups
+        self.max_seq_len = 0
 
     def _load_comparison(self, name: str, spec: ModelSpec) -> None:
         from elmbench.checkpoints import WeightsSource
@@ -134,7 +135,9 @@ class TorchBackend(Backend):
         if self.spec.compile == "cudagraphs":
             mark_cache_static(self.model)
         # One tensor per position, made now: a decode step then needs no host-to-device copy.
-        self.positions = [torch.tensor([p], device=self.device) for p in range(max_seq_len)]
+        self.max_seq_len = max_seq_len
+        for p in range(len(self.positions), max_seq_len):
+            self.positions.append(torch.tensor([p], device=self.device))
 
     @torch.inference_mode()
     def prefill(self, tokens: np.ndarray) -> torch.Tensor:
@@ -145,9 +148,9 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """One cached step; greedy next tokens (B, 1)."""
-        if not 0 <= position < len(self.positions):
+        if not 0 <= position < self.max_seq_len:
             raise ConfigError(
-                f"decode at position {position}, but setup() allocated {len(self.positions)} "
+                f"decode at position {position}, but setup() allocated {self.max_seq_len} "
                 "positions; call setup with a larger max_seq_len"
             )
         return self.steps.decode(tokens, self.positions[position])

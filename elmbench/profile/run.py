@@ -123,12 +123,6 @@ def check_plan(plan: Plan, spec: SuiteSpec, options: ProfileOptions) -> None:
                 "the MLX profile evaluates the uncompiled model part by part",
                 "Use --compile none (compare compiled MLX speed with `elmbench throughput`)",
             )
-        if case.model in COMPARISON_MODELS and case.compile != "none":
-            raise UnavailableError(
-                f"compile mode '{case.compile}' for {case.model}",
-                "comparison models are profiled in eager mode only",
-                "Use --compile none",
-            )
         if case.model in COMPARISON_MODELS and spec.weights is not None:
             raise ConfigError(
                 f"--weights does not apply to {case.model}: comparison models use seeded "
@@ -297,29 +291,10 @@ def _append_ops(path: Path, case: Case, ops: list[dict[str, Any]]) -> None:
 
 
 def _load(job: Job) -> Any:
-    """What the profilers take: a backend, or a comparison model built by name."""
-    from elmbench.models.comparison import COMPARISON_MODELS
-
-    spec = job.spec
-    if job.backend == "torch" and spec["model"] in COMPARISON_MODELS:
-        import torch
-
-        from elmbench.models.comparison import build_comparison
-
-        return build_comparison(
-            spec["model"], spec["norm"], getattr(torch, spec["dtype"]), spec["device"], spec["seed"]
-        )
+    """The case's backend (the torch backend also builds the comparison models)."""
     from elmbench.backends import ModelSpec, create_backend
 
-    backend = create_backend(job.backend, ModelSpec(**spec))
-    applied = backend.describe().get("compile", "none")
-    if spec["compile"] != applied:
-        raise UnavailableError(
-            f"compile mode '{spec['compile']}' in a {job.backend} profile",
-            f"the {job.backend} backend reports compile '{applied}'",
-            "Use --compile none",
-        )
-    return backend
+    return create_backend(job.backend, ModelSpec(**job.spec))
 
 
 def profile_case(job: Job) -> Iterator[dict[str, Any]]:
