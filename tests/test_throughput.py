@@ -83,6 +83,7 @@ def test_comparison_models_run_eager_beside_compiled_openelm() -> None:
         ({"compile": ("cudagraphs",)}, UnavailableError, "CUDA graphs need a CUDA device"),
         ({"compile": ("mx.compile",)}, ConfigError, "allowed here: cudagraphs, inductor, none"),
         ({"models": ("olmo-1b",), "backend": "mlx"}, UnavailableError, "torch backend only"),
+        ({"models": ("olmo-1b",), "compile": ("inductor",)}, UnavailableError, "eager only"),
         ({"device": "m2max", "backend": None}, UnavailableError, "mlx-cpu"),
         ({"device": "cuda"}, UnavailableError, "only cpu, mlx-cpu are present"),
         ({"prompt_tokens": (250,), "gen_tokens": (10,)}, ConfigError, "exceeds tiny's context"),

@@ -149,6 +149,12 @@ def _model_modes(model: str, modes: list[str], notes: list[str]) -> list[str]:
 
     if model not in COMPARISON_MODELS or modes == ["none"]:
         return modes
+    if "none" not in modes:
+        raise UnavailableError(
+            f"--compile {', '.join(modes)} for {model}",
+            "comparison models run eager only, through transformers' dynamic KV cache",
+            "Add --compile none",
+        )
     dropped = [m for m in modes if m != "none"]
     notes.append(
         f"{model}: compile {', '.join(dropped)} left out (comparison models run eager, "
