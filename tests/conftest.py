@@ -83,10 +83,10 @@ def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gemv_kernel() -> None:
-    """Skip where elmbench's CPU GEMV kernel cannot be built (no C compiler): it is optional."""
-    from elmbench.models import cpu_layout
+    """Skip where elmbench's CPU kernels cannot be built (no C compiler): they are optional."""
+    from elmbench.models import cpu_kernels
 
     try:
-        cpu_layout.load_kernel()
-    except cpu_layout.KernelUnavailable as exc:
-        pytest.skip(f"the GEMV kernel does not build here: {exc}")
+        cpu_kernels.load_kernels()
+    except cpu_kernels.KernelUnavailable as exc:
+        pytest.skip(f"the CPU kernels do not build here: {exc}")

@@ -1,4 +1,4 @@
-"""The CPU decode layout: a streaming GEMV kernel that must match `F.linear` wherever it is used."""
+"""The CPU decode layout: kernels that must match `F.linear` and SDPA wherever they are used."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from elmbench.backends import ModelSpec, create_backend
 from elmbench.config import get_config
-from elmbench.models import cpu_layout
+from elmbench.models import cpu_kernels, cpu_layout
 from elmbench.models.openelm_torch import OpenELM
 
 needs_kernel = pytest.mark.usefixtures("gemv_kernel")
@@ -22,16 +22,65 @@ needs_kernel = pytest.mark.usefixtures("gemv_kernel")
 def test_gemv_matches_linear(rows: int, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen)
-    np.testing.assert_allclose(cpu_layout.gemv_eager(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cpu_kernels.gemv_eager(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
     x3 = x.view(rows, 1, k)  # leading dimensions are kept
-    assert cpu_layout.gemv_eager(x3, w).shape == (rows, 1, n)
+    assert cpu_kernels.gemv_eager(x3, w).shape == (rows, 1, n)
 
 
 @needs_kernel
 def test_gemv_inside_torch_compile_matches_linear() -> None:
     x, w = torch.randn(1, 40), torch.randn(24, 40)
-    compiled = torch.compile(lambda a, b: cpu_layout.gemv(a, b) * 2.0, fullgraph=True)
+    compiled = torch.compile(lambda a, b: cpu_kernels.gemv(a, b) * 2.0, fullgraph=True)
     np.testing.assert_allclose(compiled(x, w), 2.0 * F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    mask = torch.tril(torch.ones(k.shape[2], k.shape[2], dtype=torch.bool))[pos]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("batch", "hq", "hkv", "rows", "cache", "dim", "first"),
+    [
+        (1, 20, 5, 1, 640, 64, 575),  # OpenELM-270M's first layer in decode, many key chunks
+        (2, 12, 3, 3, 100, 64, 40),  # batch and several query rows, each with its own end
+        (1, 4, 4, 1, 7, 16, 0),  # position 0: a single visible key
+        (3, 8, 2, 2, 300, 24, 250),  # head size not a multiple of 8
+        (1, 6, 2, 8, 70, 40, 62),  # the last rows end in the second chunk
+    ],
+)
+def test_attention_kernel_matches_sdpa(
+    batch: int, hq: int, hkv: int, rows: int, cache: int, dim: int, first: int
+) -> None:
+    gen = torch.Generator().manual_seed(first)
+    q = torch.randn(batch, hq, rows, dim, generator=gen)
+    k, v = (torch.randn(batch, hkv, cache, dim, generator=gen) for _ in range(2))
+    pos = torch.arange(first, first + rows)
+    np.testing.assert_allclose(
+        cpu_kernels.attend_eager(q, k, v, pos), _sdpa(q, k, v, pos), rtol=1e-5, atol=1e-5
+    )
+    # keys after the last position are never read: garbage there changes nothing
+    k[:, :, first + rows :], v[:, :, first + rows :] = float("nan"), float("nan")
+    assert not cpu_kernels.attend_eager(q, k, v, pos).isnan().any()
+
+
+@needs_kernel
+def test_attention_kernel_inside_torch_compile_and_its_limits() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 8, 1, 32, generator=gen).transpose(1, 2).transpose(1, 2)
+    k, v = torch.randn(2, 1, 2, 50, 32, generator=gen)
+    pos = torch.tensor([30])
+    compiled = torch.compile(lambda *a: cpu_kernels.attend(*a) + 1.0, fullgraph=True)
+    np.testing.assert_allclose(compiled(q, k, v, pos), _sdpa(q, k, v, pos) + 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="whole groups"):
+        cpu_kernels.attend_eager(torch.randn(1, 3, 1, 8), k[:, :, :, :8], v[:, :, :, :8], pos)
+    chosen = cpu_layout.ChosenAttention()  # too many rows per KV head: SDPA, same answer
+    wide, pos_wide = torch.randn(1, 8, 9, 32, generator=gen), torch.arange(9)
+    mask = torch.tril(torch.ones(50, 50, dtype=torch.bool))[pos_wide]
+    np.testing.assert_allclose(
+        chosen(wide, k, v, pos_wide, mask), _sdpa(wide, k, v, pos_wide), atol=1e-6
+    )
 
 
 def _kernel_everywhere(layout: cpu_layout.CpuLayout, rows: int) -> None:
@@ -50,6 +99,7 @@ def test_laid_out_model_matches_the_stock_model() -> None:
     layout = cpu_layout.apply_cpu_layout(laid_out)
     assert list(laid_out.state_dict()) == keys  # same parameters under the same names
     assert {t.kind for t in layout.targets} == {"qkv_proj", "out_proj", "proj_1", "proj_2", "head"}
+    assert layout.attention_layers == cfg.num_layers
     _kernel_everywhere(layout, 2)
     tokens = torch.randint(0, cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -85,7 +135,7 @@ def test_no_compiler_falls_back_to_stock_kernels(
 ) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("ELMBENCH_CACHE", str(tmp_path / "cache"))
-    cpu_layout.load_kernel.cache_clear()
+    cpu_kernels.load_kernels.cache_clear()
     try:
         backend = create_backend("torch", ModelSpec(model="tiny", seed=3))
         facts = backend.describe()
@@ -93,4 +143,4 @@ def test_no_compiler_falls_back_to_stock_kernels(
         prompt = np.random.default_rng(0).integers(0, 512, size=(1, 4))
         assert backend.generate(prompt, 3).shape == (1, 3)
     finally:
-        cpu_layout.load_kernel.cache_clear()
+        cpu_kernels.load_kernels.cache_clear()

@@ -276,7 +276,7 @@ def test_bandwidth_probe_rejects_bad_arguments() -> None:
 def test_roofline_is_the_fastest_probe_and_keeps_them_all(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from elmbench.models import cpu_layout
+    from elmbench.models import cpu_kernels
 
     record = measure_roofline(size_mib=8, repeats=2)
     probes = record["membw_probes"]
@@ -285,9 +285,9 @@ def test_roofline_is_the_fastest_probe_and_keeps_them_all(
     assert record["membw_method"].startswith("best of 2 read probe(s)")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("ELMBENCH_CACHE", str(tmp_path))
-    cpu_layout.load_kernel.cache_clear()
+    cpu_kernels.load_kernels.cache_clear()
     try:
         alone = measure_roofline(size_mib=8, repeats=1)
     finally:
-        cpu_layout.load_kernel.cache_clear()
+        cpu_kernels.load_kernels.cache_clear()
     assert len(alone["membw_probes"]) == 1 and "did not build" in alone["membw_probes_skipped"][0]

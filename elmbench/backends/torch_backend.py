@@ -114,7 +114,7 @@ class TorchBackend(Backend):
 
     def _cpu_layout(self) -> tuple[Any, str]:
         """The streaming-GEMV layout where it applies (OpenELM, fp32, CPU), else why not."""
-        from elmbench.models import cpu_layout
+        from elmbench.models import cpu_kernels, cpu_layout
 
         if self.comparison:
             return None, "not applied: comparison models run as transformers builds them"
@@ -123,9 +123,9 @@ class TorchBackend(Backend):
             return None, f"not applied: {reason}"
         try:
             layout = cpu_layout.apply_cpu_layout(self.model)
-        except cpu_layout.KernelUnavailable as exc:
-            return None, f"not applied: the GEMV kernel did not build ({exc})"
-        return layout, "streaming GEMV where the probe finds it faster"
+        except cpu_kernels.KernelUnavailable as exc:
+            return None, f"not applied: the CPU kernels did not build ({exc})"
+        return layout, "streaming GEMV where the probe finds it faster; cached attention kernel"
 
     def setup(self, batch_size: int, max_seq_len: int) -> None:
         """Allocate the static KV cache; probe the CPU layout for this batch size (once)."""

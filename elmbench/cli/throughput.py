@@ -53,6 +53,7 @@ THROUGHPUT_COLUMNS = [
     Column("decode tok/s", lambda r: _num(r.get("decode_tokens_per_s"), 2), numeric=True),
     Column("ms/token", lambda r: _num(r.get("decode_ms_per_token")), numeric=True),
     Column("decode GB/s", lambda r: _num(r.get("decode_bandwidth_gb_per_s")), numeric=True),
+    Column("roofline GB/s", lambda r: _num(r.get("roofline_gb_per_s")), numeric=True),
     Column("% roofline", lambda r: _num(r.get("decode_roofline_pct")), numeric=True),
     Column("prefill GFLOP/s", lambda r: _num(_scale(r, "prefill_flop_per_s", 1e9)), numeric=True),
     Column("peak MiB", lambda r: _num(_scale(r, "peak_memory_bytes", 2**20), 0), numeric=True),
@@ -175,7 +176,13 @@ def run_and_show(default: SuiteSpec, options: dict[str, Any], fmt: str, quiet: b
     columns = NORM_COLUMNS if spec.kind == "norms" else THROUGHPUT_COLUMNS
     notes = [f"records: {result.path}"]
     membw = next(iter(result.plan.devices.values())).profile
-    if membw.bandwidth_gb_per_s:
+    if membw.bandwidth_gb_per_s and membw.measured and spec.kind == "throughput":
+        notes.insert(
+            0,
+            f"roofline: the read-bandwidth probe beside each case (roofline GB/s); at the start "
+            f"of the run {membw.bandwidth_gb_per_s:.1f} GB/s ({membw.source})",
+        )
+    elif membw.bandwidth_gb_per_s:
         notes.insert(0, f"roofline: {membw.bandwidth_gb_per_s:.1f} GB/s ({membw.source})")
     failed = sum(r.get("status") == "failed" for r in rows)
     title = f"{spec.kind} ({spec.name} suite{' with options' if _overridden(options) else ''})"

@@ -133,7 +133,7 @@ def _reader(backend: str, elements: int, threads: int) -> Iterator[tuple[Callabl
                 buf = torch.ones(elements, dtype=torch.float32)
                 yield (lambda: float(buf.sum())), "torch.sum"
             else:
-                from elmbench.models.cpu_layout import gemv_eager
+                from elmbench.models.cpu_kernels import gemv_eager
 
                 rows = torch.ones(elements // STREAM_ROW, STREAM_ROW, dtype=torch.float32)
                 x = torch.ones(1, STREAM_ROW, dtype=torch.float32)
@@ -152,7 +152,7 @@ def measure_roofline(size_mib: int = 512, repeats: int = 5) -> dict[str, Any]:
 
     `torch.sum` (numpy without torch) always runs; the streaming GEMV kernel runs when it builds.
     """
-    from elmbench.models.cpu_layout import KernelUnavailable  # torch is a core dependency
+    from elmbench.models.cpu_kernels import KernelUnavailable  # torch is a core dependency
 
     results = [measure_read_bandwidth(size_mib, repeats)]
     skipped = []

@@ -19,6 +19,10 @@ from elmbench.config import ElmConfig
 from elmbench.norms import get_norm
 
 NormFactory = Callable[[int, float], nn.Module]
+# (q, k, v, pos, mask) -> attention output of a cached step; see `sdpa_cached`
+CachedAttention = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]
 
 PART_PREFIX = "elm::"
 _labels_on = False
@@ -65,6 +69,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).type_as(x)
 
 
+def sdpa_cached(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """A cached step's attention: q (B, H_q, T, D) over the whole cache buffers (B, H_kv, S_max,
+    D), `mask` (T, S_max) keeping key j for query i iff j <= pos[i]."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
 class KVCache(nn.Module):
     """Preallocated K/V buffers indexed by position (static shapes for compile and CUDA graphs)."""
 
@@ -108,6 +124,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         self.k_norm = make_norm(h, cfg.norm_eps)
         self.out_proj = nn.Linear(self.n_q * h, d, bias=False)
         self.cache: KVCache | None = None
+        self.cached_attention: CachedAttention = sdpa_cached  # a CPU layout may swap the kernel
 
     def forward(
         self,
@@ -133,7 +150,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
             with part("kv_cache"):
                 k, v = self.cache.update(pos, k, v)  # (B, H_kv, S_max, D)
             with part("sdpa"):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+                out = self.cached_attention(q, k, v, pos, mask)
         out = out.transpose(1, 2).reshape(b, t, self.n_q * self.head_dim)  # (B, T, H_q * D)
         return self.out_proj(out)
 

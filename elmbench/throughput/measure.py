@@ -3,6 +3,9 @@
 Prefill (time to the first token over the whole prompt) and decode (the remaining new tokens, one
 cached step each) are timed as separate sections of every repetition; each section is bracketed
 by the device synchronisation. The KV cache is allocated once per shape, outside the timed region.
+Where the roofline is a measured read bandwidth (the CPU), the probe runs again just before and
+just after the case, so that its share is taken against what the memory gave at that time: on a
+shared machine the bandwidth drifts by 10-20% within minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from elmbench.backends.isolate import Job, report_progress
 from elmbench.measure.protocol import Protocol, Timer, run_protocol
 
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
+CASE_PROBE_MIB = 256  # the bandwidth probes beside each case: far larger than any CPU cache
 
 
 def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None]:
@@ -86,8 +90,19 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
                 tokens.append(tok)
             backend.synchronize(tok)
 
+    probes: list[dict[str, Any]] = []
+
+    def probe() -> None:
+        if p.get("probe_bandwidth"):
+            from elmbench.measure.membw import measure_roofline
+
+            report_progress({"case_id": job.case_id, "phase": "bandwidth probe"})
+            probes.append(measure_roofline(size_mib=CASE_PROBE_MIB, repeats=3))
+
+    probe()
     backend.reset_peak_memory()
     timing = run_protocol(once, protocol, sync=backend.synchronize, on_repetition=on_repetition)
+    probe()
     peak, peak_kind = backend.peak_memory_bytes()
     generated = np.concatenate([backend.to_numpy(t) for t in tokens], axis=1)
     yield {
@@ -98,4 +113,5 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
         "peak_memory_kind": peak_kind,
         "generated_head": generated[0, :16].tolist(),  # greedy tokens: a cross-run sanity check
         "describe": backend.describe(),
+        "case_membw": probes,  # before and after the case, where the roofline is measured
     }

@@ -85,6 +85,22 @@ def failed_record(case: Case, reason: str, context: dict[str, Any]) -> Record:
     return case_record({**case.params(), "metric": FAILED_METRIC}, "failed", reason, **context)
 
 
+def _bandwidth_peak(
+    device: ResolvedDevice, probes: list[dict[str, Any]]
+) -> tuple[float | None, str, dict[str, Any]]:
+    """The bandwidth peak a case's decode is compared with: the best of the read probes run just
+    before and after it where there are any (a measured roofline), else the device's peak; plus the
+    run's own start-of-run figure for the record."""
+    peak, source = device.profile.bandwidth_gb_per_s, device.profile.source
+    if not probes:
+        return peak, source, {}
+    beside = [pr["membw_gb_per_s"] for pr in probes]
+    figures = ", ".join(f"{b:.1f}" for b in beside)
+    note = f"measured beside the case: best of the probes before and after it ({figures} GB/s)"
+    return max(beside), note, {"run_peak_gb_per_s": peak, "run_peak_source": source,
+                               "case_probes": probes}  # fmt: skip
+
+
 def throughput_records(
     case: Case, result: dict[str, Any], device: ResolvedDevice, context: dict[str, Any]
 ) -> list[Record]:
@@ -108,8 +124,7 @@ def throughput_records(
         "generated_head": result.get("generated_head"),
     }
     section_notes = {name: _section_warnings(timing, name) for name in ("prefill", "decode")}
-    peak_bw = device.profile.bandwidth_gb_per_s
-    bw_source = device.profile.source
+    peak_bw, bw_source, run_peak = _bandwidth_peak(device, result.get("case_membw") or [])
     peak_flops = device.profile.peak_flop_per_s(case.dtype)
     flops = forward_flops(facts, b, p, 0, logits_rows=1)
     moved = decode_bytes(weight_bytes, facts, b, p, steps, bpe) if steps > 0 else 0
@@ -130,8 +145,17 @@ def throughput_records(
             "peak_gb_per_s": peak_bw, "peak_source": bw_source,
         }  # fmt: skip
         pct = share(bandwidth["value"], peak_bw)
+        if run_peak:  # the share of the start-of-run probe too, for comparison with older runs
+            run_pct = share(bandwidth["value"], run_peak["run_peak_gb_per_s"])
+            run_peak["run_roofline_pct"] = None if run_pct is None else 100 * run_pct
         out["decode_roofline_pct"] = (
-            {"value": 100 * pct, "unit": "%", "peak_gb_per_s": peak_bw, "peak_source": bw_source}
+            {
+                "value": 100 * pct,
+                "unit": "%",
+                "peak_gb_per_s": peak_bw,
+                "peak_source": bw_source,
+                **run_peak,
+            }
             if pct is not None
             else f"peak memory bandwidth of '{device.profile.name}' is unknown"
         )

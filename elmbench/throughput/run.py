@@ -81,6 +81,8 @@ def _job(case: Case, spec: SuiteSpec, plan: Plan, key: str) -> Job:
         "warmup": spec.warmup,
         "repetitions": spec.repetitions,
         "min_seconds": spec.min_seconds,
+        "probe_bandwidth": spec.kind == "throughput"
+        and plan.devices[case.backend].profile.measured,
     }
     return Job(TASKS[spec.kind], case.backend, model_spec(case, spec, plan), params, key)
 

@@ -25,6 +25,8 @@ def case_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
             row["reason"] = record.get("reason")
         elif record["status"] == "ok" and metric:
             row[metric] = record.get("value")
+            if metric == "decode_roofline_pct":  # the peak it is a share of (per case on CPUs)
+                row["roofline_gb_per_s"] = record.get("peak_gb_per_s")
             row.setdefault("status", "ok")
             if record.get("section_warnings") or record.get("stable") is False:
                 row["stable"] = False

@@ -1,0 +1,232 @@
+/* elmbench's CPU decode kernels: fp32, row-major, contiguous; built once per machine by
+ * elmbench.models.cpu_kernels with the system compiler (-O3 -march=native -fopenmp).
+ *
+ * GCC/Clang vector extensions give 8-float registers (AVX2 on x86, two NEON on arm64) without
+ * intrinsics; -march=native picks the instructions. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(32)));
+#define LANES 8
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < LANES; ++i) s += v[i];
+  return s;
+}
+
+/* ---- GEMV: decode's linears ----------------------------------------------------------------
+ * One block = four weight rows, so each thread streams four sequential lines; OpenMP splits the
+ * blocks into one contiguous range per thread. */
+
+static void rows4(const float *w, const float *x, float *y, int64_t k) {
+  const float *w1 = w + k, *w2 = w1 + k, *w3 = w2 + k;
+  vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  int64_t j = 0, kv = k - k % LANES;
+  for (; j < kv; j += LANES) {
+    vf xv = load(x + j);
+    a0 += load(w + j) * xv;
+    a1 += load(w1 + j) * xv;
+    a2 += load(w2 + j) * xv;
+    a3 += load(w3 + j) * xv;
+  }
+  float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+  for (; j < k; ++j) {
+    s0 += w[j] * x[j];
+    s1 += w1[j] * x[j];
+    s2 += w2[j] * x[j];
+    s3 += w3[j] * x[j];
+  }
+  y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+}
+
+static float dot(const float *a, const float *b, int64_t k) {
+  vf acc = {0};
+  int64_t j = 0, kv = k - k % LANES;
+  for (; j < kv; j += LANES) acc += load(a + j) * load(b + j);
+  float s = hsum(acc);
+  for (; j < k; ++j) s += a[j] * b[j];
+  return s;
+}
+
+/* y (m, n) = x (m, k) @ w (n, k)^T */
+void elm_gemv_f32(const float *w, const float *x, float *y, int64_t n, int64_t k, int64_t m,
+                  int threads) {
+  int64_t blocks = (n + 3) / 4;
+  /* Small matrices stay on one thread: waking the others costs more than it saves. */
+#pragma omp parallel for num_threads(threads) schedule(static) if (n * k >= 32768)
+  for (int64_t b = 0; b < blocks; ++b) {
+    int64_t r0 = 4 * b;
+    for (int64_t i = 0; i < m; ++i) {
+      if (r0 + 4 <= n) {
+        rows4(w + r0 * k, x + i * k, y + i * n + r0, k);
+      } else {
+        for (int64_t r = r0; r < n; ++r) y[i * n + r] = dot(w + r * k, x + i * k, k);
+      }
+    }
+  }
+}
+
+/* ---- Attention of a few query rows over a KV cache -------------------------------------------
+ * q, out (B, Hq, T, D); k, v (B, Hkv, S, D); Hq a multiple of Hkv (grouped-query attention).
+ * Query row t sees keys 0..pos[t]; keys beyond the longest of them are never read.
+ * Split-K ("flash decoding"): each (batch, KV head, chunk of CHUNK keys) is one work item that
+ * keeps, per query row of its group, a running max, the sum of exponentials and the weighted sum
+ * of V rows; a second pass merges the chunks. Every thread gets work even with few KV heads. */
+
+#define CHUNK 64
+#define MAX_ROWS 64 /* query rows per KV head (group size x rows); more go through BLAS */
+
+typedef int32_t vi __attribute__((vector_size(32)));
+
+/* exp(x) for x <= 0, eight at a time: 2^n * p(r) with r = x - n ln 2, |r| <= ln2 / 2 (Cephes
+ * coefficients, relative error ~2e-7 like expf); inputs below -87 give ~0. */
+static inline vf vexp(vf x) {
+  const vf lo = {0}, c0 = lo + 1.0f, lim = lo - 87.0f;
+  vi low = x < lim, xi, li;  /* lanes -1 where x < -87 */
+  memcpy(&xi, &x, sizeof x);
+  memcpy(&li, &lim, sizeof x);
+  xi = (li & low) | (xi & ~low);
+  memcpy(&x, &xi, sizeof x);
+  /* n = round(x log2 e) for x <= 0: conversion truncates toward zero */
+  vf n = -__builtin_convertvector(__builtin_convertvector(0.5f - x * 1.44269504f, vi), vf);
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = 1.9875691500e-4f + lo;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + c0;
+  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+/* The dot products of one query row with eight key rows (D a multiple of 8): eight vector
+ * accumulators, then a transpose-add tree instead of eight horizontal sums. */
+static inline vf dot8(const float *q, const float *k, int64_t D) {
+  vf a[8] = {{0}};
+  for (int64_t j = 0; j < D; j += LANES) {
+    vf x = load(q + j);
+    for (int i = 0; i < 8; ++i) a[i] += x * load(k + i * D + j);
+  }
+  vf b[4], c[2];
+  for (int i = 0; i < 4; ++i)
+    b[i] = SHUF(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           SHUF(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)
+    c[i] = SHUF(b[2 * i], b[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           SHUF(b[2 * i], b[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* One chunk of keys [s0, s1) for `rows` query rows (r = g * T + t) of one KV head. */
+static void attend_chunk(const float *q, const float *k, const float *v, const int64_t *pos,
+                         float *part, int64_t rows, int64_t T, int64_t s0, int64_t s1,
+                         int64_t D, float scale) {
+  float score[MAX_ROWS][CHUNK] __attribute__((aligned(32)));
+  int64_t end[MAX_ROWS];
+  for (int64_t r = 0; r < rows; ++r) end[r] = pos[r % T] + 1 < s1 ? pos[r % T] + 1 : s1;
+  int64_t s = s0;
+  if (D % LANES == 0) {  /* eight keys at a time, each block read once for every query row */
+    for (; s + 8 <= s1; s += 8) {
+      for (int64_t r = 0; r < rows; ++r) {
+        vf d = dot8(q + r * D, k + s * D, D) * scale;
+        memcpy(&score[r][s - s0], &d, sizeof d);
+      }
+    }
+  }
+  for (; s < s1; ++s) {
+    for (int64_t r = 0; r < rows; ++r) score[r][s - s0] = dot(q + r * D, k + s * D, D) * scale;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float *p = part + r * (D + 2), *acc = p + 2, m = -INFINITY, l = 0.0f;
+    int64_t n = end[r] - s0;
+    for (int64_t i = 0; i < n; ++i) m = score[r][i] > m ? score[r][i] : m;
+    for (int64_t i = n; i < CHUNK; ++i) score[r][i] = -INFINITY;
+    for (int64_t i = 0; i < CHUNK; i += LANES) {
+      vf e = n > i ? vexp(load(&score[r][i]) - m) : (vf){0};
+      for (int j = 0; j < LANES; ++j) {
+        e[j] = i + j < n ? e[j] : 0.0f;
+        l += e[j];
+      }
+      memcpy(&score[r][i], &e, sizeof e);
+    }
+    int64_t j = 0;
+    for (; j + 4 * LANES <= D; j += 4 * LANES) {  /* 32 columns at a time, in registers */
+      vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+      for (int64_t i = 0; i < n; ++i) {
+        const float *vs = v + (s0 + i) * D + j;
+        float e = score[r][i];
+        a0 += e * load(vs);
+        a1 += e * load(vs + LANES);
+        a2 += e * load(vs + 2 * LANES);
+        a3 += e * load(vs + 3 * LANES);
+      }
+      memcpy(acc + j, &a0, sizeof a0);
+      memcpy(acc + j + LANES, &a1, sizeof a1);
+      memcpy(acc + j + 2 * LANES, &a2, sizeof a2);
+      memcpy(acc + j + 3 * LANES, &a3, sizeof a3);
+    }
+    for (; j < D; ++j) {
+      float a = 0.0f;
+      for (int64_t i = 0; i < n; ++i) a += score[r][i] * v[(s0 + i) * D + j];
+      acc[j] = a;
+    }
+    p[0] = m;
+    p[1] = l;
+  }
+}
+
+/* Returns 0; -1 when scratch memory could not be had, -2 with more than MAX_ROWS rows per head. */
+int elm_attend_f32(const float *q, const float *k, const float *v, float *out, const int64_t *pos,
+                   int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t S, int64_t D,
+                   float scale, int threads) {
+  int64_t G = Hq / Hkv, rows = G * T, span = 0;
+  for (int64_t t = 0; t < T; ++t) span = pos[t] + 1 > span ? pos[t] + 1 : span;
+  span = span < S ? span : S;
+  int64_t chunks = (span + CHUNK - 1) / CHUNK, items = B * Hkv * chunks;
+  if (rows > MAX_ROWS) return -2;
+  float *part = malloc(sizeof(float) * (size_t)(items * rows * (D + 2)) + 1);
+  if (part == NULL) return -1;
+  int parallel = items > 1 && span * Hkv * D >= 16384;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      int64_t c = it % chunks, bh = it / chunks, b = bh / Hkv, h = bh % Hkv;
+      int64_t s0 = c * CHUNK, s1 = s0 + CHUNK < span ? s0 + CHUNK : span;
+      attend_chunk(q + (b * Hq + h * G) * T * D, k + bh * S * D, v + bh * S * D, pos,
+                   part + it * rows * (D + 2), rows, T, s0, s1, D, scale);
+    }
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < B * Hq * T; ++o) {  /* o = (b * Hq + hq) * T + t */
+      int64_t t = o % T, hq = (o / T) % Hq, b = o / (T * Hq), h = hq / G;
+      int64_t r = (hq % G) * T + t;
+      const float *first = part + ((b * Hkv + h) * chunks * rows + r) * (D + 2);
+      float m = -INFINITY, l = 0.0f, *y = out + o * D;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float *p = first + c * rows * (D + 2);
+        if (p[1] > 0.0f && p[0] > m) m = p[0];
+      }
+      memset(y, 0, sizeof(float) * D);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float *p = first + c * rows * (D + 2);
+        if (p[1] <= 0.0f) continue;
+        float w = expf(p[0] - m);
+        l += w * p[1];
+        for (int64_t j = 0; j < D; ++j) y[j] += w * p[2 + j];
+      }
+      for (int64_t j = 0; j < D; ++j) y[j] /= l;
+    }
+  }
+  free(part);
+  return 0;
+}

@@ -1,0 +1,183 @@
+"""elmbench's CPU decode kernels (`cpu_kernels.c`): built once per machine, called from torch.
+
+Two kernels, both fp32 and for a few rows at a time (decode): `elm_gemv_f32`, a matrix-vector
+product that streams four weight rows per step on every thread, and `elm_attend_f32`, attention of
+a few query rows over the KV cache that reads only its filled part, split over threads by chunks of
+keys. They are built with the system C compiler (`$CC`, else `cc`) and cached on disk
+(`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`); without a compiler
+`KernelUnavailable` says why and the stock torch kernels run instead. Each is also a torch custom
+op (`elmbench::gemv`, `elmbench::attend`), so `torch.compile` graphs call it as one opaque node.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAX_ATTEND_ROWS = 64  # query rows per KV head the attention kernel takes (MAX_ROWS in the C file)
+
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-mcpu=native", "-fopenmp"],  # clang on arm64 spells it -mcpu
+    ["-O3", "-march=native"],  # no OpenMP (Apple clang): one thread, and the probe decides
+)
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernels could not be built here (no C compiler, or it failed)."""
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """The built kernels and how they were built."""
+
+    gemv: Any  # ctypes function elm_gemv_f32
+    attend: Any  # ctypes function elm_attend_f32
+    library: str
+    flags: tuple[str, ...]
+
+    def describe(self) -> str:
+        """How the kernels were compiled, for records."""
+        return f"elm_gemv_f32, elm_attend_f32 ({' '.join(self.flags)})"
+
+
+def kernel_source() -> str:
+    """The C source shipped with elmbench."""
+    return resources.files("elmbench.models").joinpath("cpu_kernels.c").read_text()
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept ($ELMBENCH_CACHE, else ~/.cache/elmbench)."""
+    root = os.environ.get("ELMBENCH_CACHE") or Path.home() / ".cache" / "elmbench"
+    return Path(root) / "kernels"
+
+
+def _compile(source: str, compiler: str, flags: list[str], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / "cpu_kernels.c"
+        src.write_text(source)
+        lib = Path(tmp) / out.name
+        cmd = [compiler, *flags, "-shared", "-fPIC", str(src), "-o", str(lib), "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise KernelUnavailable(done.stderr.strip().splitlines()[-1] if done.stderr else "")
+        os.replace(lib, out)  # atomic: concurrent builders never load a half-written file
+
+
+def _bind(lib: ctypes.CDLL) -> tuple[Any, Any]:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    gemv = lib.elm_gemv_f32
+    gemv.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_int]
+    gemv.restype = None
+    attend = lib.elm_attend_f32
+    attend.argtypes = [ptr] * 5 + [i64] * 6 + [ctypes.c_float, ctypes.c_int]
+    attend.restype = ctypes.c_int
+    return gemv, attend
+
+
+@functools.cache
+def load_kernels() -> CpuKernels:
+    """Build (once per machine, cached on disk) and load the kernels; KernelUnavailable if not."""
+    compiler = os.environ.get("CC", "cc")
+    source = kernel_source()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = "\0".join([source, compiler, *flags, platform.machine(), platform.node()])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = cache_dir() / f"elm_kernels-{digest}.so"
+        try:
+            if not path.exists():
+                _compile(source, compiler, flags, path)
+            gemv_fn, attend_fn = _bind(ctypes.CDLL(str(path)))
+        except (OSError, AttributeError, subprocess.SubprocessError, KernelUnavailable) as exc:
+            errors.append(f"{compiler} {' '.join(flags)}: {exc}")
+            continue
+        return CpuKernels(gemv_fn, attend_fn, str(path), (compiler, *flags))
+    raise KernelUnavailable("; ".join(errors))
+
+
+def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T through the kernel (fp32, CPU, few rows)."""
+    x = x.contiguous()
+    n, k = weight.shape
+    out = x.new_empty((*x.shape[:-1], n))
+    rows = x.numel() // k
+    load_kernels().gemv(
+        weight.data_ptr(), x.data_ptr(), out.data_ptr(), n, k, rows, torch.get_num_threads()
+    )
+    return out
+
+
+def attend_eager(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """Causal attention of q (B, Hq, T, D) over a cache k, v (B, Hkv, S, D): row t sees 0..pos[t].
+
+    Equals `F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)` with the
+    mask `key <= pos[t]`, with the default scale 1/sqrt(D).
+    """
+    b, hq, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    if hq % hkv or (hq // hkv) * t > MAX_ATTEND_ROWS:
+        raise ValueError(
+            f"attention kernel: {hq} query heads over {hkv} KV heads with {t} rows; needs whole "
+            f"groups of at most {MAX_ATTEND_ROWS} rows per KV head"
+        )
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    pos = pos.to(torch.int64).contiguous()
+    out = torch.empty_like(q)
+    ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), pos.data_ptr())
+    status = load_kernels().attend(*ptrs, b, hq, hkv, t, s, d, d**-0.5, torch.get_num_threads())
+    if status != 0:
+        raise MemoryError(f"attention kernel: no scratch memory (status {status})")
+    return out
+
+
+@torch.library.custom_op("elmbench::gemv", mutates_args=())
+def gemv_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The GEMV kernel as an opaque op, so that torch.compile graphs can call it."""
+    return gemv_eager(x, weight.contiguous())
+
+
+@gemv_op.register_fake
+def _gemv_fake(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("elmbench::attend", mutates_args=())
+def attend_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The attention kernel as an opaque op, so that torch.compile graphs can call it."""
+    return attend_eager(q, k, v, pos)
+
+
+@attend_op.register_fake
+def _attend_fake(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The GEMV kernel: direct in eager (no dispatcher round trip), the custom op under compile."""
+    if torch.compiler.is_compiling():
+        return torch.ops.elmbench.gemv(x, weight)
+    return gemv_eager(x, weight)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The attention kernel: direct in eager, the custom op under compile."""
+    if torch.compiler.is_compiling():
+        return torch.ops.elmbench.attend(q, k, v, pos)
+    return attend_eager(q, k, v, pos)
