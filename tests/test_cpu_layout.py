@@ -66,6 +66,20 @@ def test_attention_kernel_matches_sdpa(
 
 
 @needs_kernel
+def test_attention_kernel_rows_ending_chunks_apart() -> None:
+    # row 0 ends in the first chunk of keys, row 1 three chunks later: chunks past a row's end
+    # hold nothing of it (and must not write outside the kernel's buffers)
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 8, 2, 32, generator=gen)
+    k, v = (torch.randn(2, 4, 300, 32, generator=gen) for _ in range(2))
+    pos = torch.tensor([10, 250])
+    for _ in range(3):
+        np.testing.assert_allclose(
+            cpu_kernels.attend_eager(q, k, v, pos), _sdpa(q, k, v, pos), rtol=1e-5, atol=1e-5
+        )
+
+
+@needs_kernel
 def test_attention_kernel_inside_torch_compile_and_its_limits() -> None:
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 8, 1, 32, generator=gen).transpose(1, 2).transpose(1, 2)

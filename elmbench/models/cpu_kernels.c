@@ -148,7 +148,7 @@ static void attend_chunk(const float *q, const float *k, const float *v, const i
   }
   for (int64_t r = 0; r < rows; ++r) {
     float *p = part + r * (D + 2), *acc = p + 2, m = -INFINITY, l = 0.0f;
-    int64_t n = end[r] - s0;
+    int64_t n = end[r] > s0 ? end[r] - s0 : 0;  /* 0: this row ends before the chunk */
     for (int64_t i = 0; i < n; ++i) m = score[r][i] > m ? score[r][i] : m;
     for (int64_t i = n; i < CHUNK; ++i) score[r][i] = -INFINITY;
     for (int64_t i = 0; i < CHUNK; i += LANES) {
