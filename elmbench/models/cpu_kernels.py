@@ -120,6 +120,12 @@ def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def attend_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the attention kernel takes these shapes: whole GQA groups, few rows per KV head."""
+    hq, hkv, rows = q.shape[1], k.shape[1], q.shape[2]
+    return hq % hkv == 0 and hq // hkv * rows <= MAX_ATTEND_ROWS
+
+
 def attend_eager(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
@@ -130,7 +136,7 @@ def attend_eager(
     """
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
-    if hq % hkv or (hq // hkv) * t > MAX_ATTEND_ROWS:
+    if not attend_fits(q, k):
         raise ValueError(
             f"attention kernel: {hq} query heads over {hkv} KV heads with {t} rows; needs whole "
             f"groups of at most {MAX_ATTEND_ROWS} rows per KV head"

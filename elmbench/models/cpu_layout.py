@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmbench.models.cpu_kernels import (
-    MAX_ATTEND_ROWS,
     CpuKernels,
     attend,
+    attend_fits,
     gemv,
     gemv_eager,
     load_kernels,
@@ -61,8 +61,7 @@ class ChosenAttention:
         pos: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        hq, hkv, rows = q.shape[1], k.shape[1], q.shape[2]
-        if rows <= MAX_KERNEL_ROWS and hq % hkv == 0 and hq // hkv * rows <= MAX_ATTEND_ROWS:
+        if q.shape[2] <= MAX_KERNEL_ROWS and attend_fits(q, k):
             return attend(q, k, v, pos)
         return sdpa_cached(q, k, v, pos, mask)
 

@@ -86,19 +86,31 @@ def failed_record(case: Case, reason: str, context: dict[str, Any]) -> Record:
 
 
 def _bandwidth_peak(
-    device: ResolvedDevice, probes: list[dict[str, Any]]
+    device: ResolvedDevice, probes: list[dict[str, Any]], gb_per_s: float
 ) -> tuple[float | None, str, dict[str, Any]]:
-    """The bandwidth peak a case's decode is compared with: the best of the read probes run just
-    before and after it where there are any (a measured roofline), else the device's peak; plus the
-    run's own start-of-run figure for the record."""
+    """The peak a decode bandwidth is a share of, its source, and fields for the record.
+
+    Where read probes ran just before and after the case (a measured roofline), the best of them;
+    the record then also keeps the probes and the start-of-run figure with the share of it.
+    Otherwise the device's peak.
+    """
     peak, source = device.profile.bandwidth_gb_per_s, device.profile.source
     if not probes:
         return peak, source, {}
     beside = [pr["membw_gb_per_s"] for pr in probes]
     figures = ", ".join(f"{b:.1f}" for b in beside)
     note = f"measured beside the case: best of the probes before and after it ({figures} GB/s)"
-    return max(beside), note, {"run_peak_gb_per_s": peak, "run_peak_source": source,
-                               "case_probes": probes}  # fmt: skip
+    run_pct = share(gb_per_s, peak)
+    return (
+        max(beside),
+        note,
+        {
+            "run_peak_gb_per_s": peak,
+            "run_peak_source": source,
+            "run_roofline_pct": None if run_pct is None else 100 * run_pct,  # as older runs had it
+            "case_probes": probes,
+        },
+    )
 
 
 def throughput_records(
@@ -124,7 +136,6 @@ def throughput_records(
         "generated_head": result.get("generated_head"),
     }
     section_notes = {name: _section_warnings(timing, name) for name in ("prefill", "decode")}
-    peak_bw, bw_source, run_peak = _bandwidth_peak(device, result.get("case_membw") or [])
     peak_flops = device.profile.peak_flop_per_s(case.dtype)
     flops = forward_flops(facts, b, p, 0, logits_rows=1)
     moved = decode_bytes(weight_bytes, facts, b, p, steps, bpe) if steps > 0 else 0
@@ -140,14 +151,14 @@ def throughput_records(
         out["decode_tokens_per_s"] = {**_rate(b * steps, decode), "unit": "tokens/s"}
         out["decode_ms_per_token"] = {**_scaled(1e3 / steps, decode), "unit": "ms/token"}
         bandwidth = _rate(moved / 1e9, decode)
+        peak_bw, bw_source, run_peak = _bandwidth_peak(
+            device, result.get("case_membw") or [], bandwidth["value"]
+        )
         out["decode_bandwidth_gb_per_s"] = {
             **bandwidth, "unit": "GB/s", "bytes_read": moved, "decode_steps": steps,
             "peak_gb_per_s": peak_bw, "peak_source": bw_source,
         }  # fmt: skip
         pct = share(bandwidth["value"], peak_bw)
-        if run_peak:  # the share of the start-of-run probe too, for comparison with older runs
-            run_pct = share(bandwidth["value"], run_peak["run_peak_gb_per_s"])
-            run_peak["run_roofline_pct"] = None if run_pct is None else 100 * run_pct
         out["decode_roofline_pct"] = (
             {
                 "value": 100 * pct,
