@@ -5,7 +5,10 @@ metrics on both backends."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from click.testing import CliRunner
 
 from elmbench.accuracy.adapter import ElmLM
 from elmbench.accuracy.tokenizer import SentencePieceTokenizer
-from elmbench.backends import ModelSpec, create_backend
+from elmbench.backends import ModelSpec, create_backend, mlx_blas
 from elmbench.config import get_config
 
 pytest.importorskip("mlx.core")
@@ -153,3 +156,32 @@ def cli_group() -> Any:
     from elmbench.cli import cli
 
     return cli
+
+
+@pytest.mark.skipif(
+    not mlx_blas._bundled_reference(),
+    reason="the restart swaps the Linux mlx-cpu wheel's reference BLAS",
+)
+def test_console_command_restarts_mlx_on_openblas(tmp_path: Path, sp_model: Path) -> None:
+    """`python -m elmbench accuracy` on MLX restarts itself with OpenBLAS preloaded, once, and
+    the records say so; the metrics equal the in-process (bundled BLAS) run's."""
+    args = ["accuracy", "--model", "tiny", "--allow-random", "--tokenizer", str(sp_model),
+            "--data-dir", str(DATA), "--tasks", "PIQA", "--limit", "4", "--device", "mlx-cpu",
+            "--format", "json"]  # fmt: skip
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ELMBENCH_MLX_BLAS": "openblas"}
+    done = subprocess.run(
+        [sys.executable, "-m", "elmbench", *args, "--out", str(tmp_path / "sub")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    restarted = json.loads(done.stdout)["records"]
+    assert {r["blas"].split(" ")[0] for r in restarted} == {"OpenBLAS"}
+    here = CliRunner().invoke(cli_group(), [*args, "--out", str(tmp_path / "here")], env=env)
+    assert here.exit_code == 0, here.output
+    in_process = json.loads(here.stdout)["records"]
+    assert {r["blas"] for r in in_process} == {"reference BLAS bundled with the mlx-cpu wheel"}
+    assert [r["value"] for r in restarted] == [r["value"] for r in in_process]

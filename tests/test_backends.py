@@ -105,6 +105,7 @@ def test_torch_and_mlx_jobs_run_in_separate_processes_and_both_come_back() -> No
     assert all(r["status"] == "ok" for r in records), records
     assert by_id["torch-case"]["describe"]["backend"] == "torch"
     assert by_id["mlx-case"]["describe"]["backend"] == "mlx"
+    assert "BLAS" in by_id["mlx-case"]["describe"]["blas"]  # which one ran is on the record
     assert by_id["torch-case"]["tokens"] == by_id["mlx-case"]["tokens"]
     assert by_id["torch-case"]["prompt_logprob_sum"] == pytest.approx(
         by_id["mlx-case"]["prompt_logprob_sum"], abs=1e-3

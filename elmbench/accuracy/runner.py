@@ -130,6 +130,9 @@ def _run_norm(
         "lm_eval_version": lm_eval.__version__,
         "suite": suite.name,
     }
+    blas = backend.describe().get("blas")
+    if blas is not None:  # MLX: the BLAS its CPU products ran on
+        common["blas"] = blas
     by_shots: dict[int, list[AccuracyTask]] = {}
     for task in tasks:
         by_shots.setdefault(task.shots, []).append(task)

@@ -50,13 +50,26 @@ def run_isolated(
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.backend, []).append(job)
+    envs = {backend: worker_env(backend) for backend in groups}  # errors before any work
     records = []
     for backend, group in groups.items():
-        for record in _run_group(backend, group, python, on_progress):
+        for record in _run_group(backend, group, python, on_progress, envs[backend]):
             records.append(record)
             if on_record is not None:
                 on_record(record)
     return records
+
+
+def worker_env(backend: str) -> dict[str, str]:
+    """A worker's environment: unbuffered output and, for MLX, the BLAS it should preload."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if backend == "mlx":
+        from elmbench.backends import mlx_blas
+
+        blas = mlx_blas.plan()
+        mlx_blas.warn_if_bundled(blas, loaded=blas.preload is not None)
+        env.update(blas.env())
+    return env
 
 
 def _run_group(
@@ -64,13 +77,14 @@ def _run_group(
     jobs: list[Job],
     python: str,
     on_progress: Callable[[dict[str, Any]], None] | None,
+    env: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
     """Run jobs in a worker; when it dies, the running case fails and a new worker goes on."""
     pending = list(jobs)
     while pending:
         seen: set[str] = set()
         exit_code: list[int] = []
-        for record in _run_worker(pending, python, on_progress, exit_code):
+        for record in _run_worker(pending, python, on_progress, exit_code, env):
             seen.add(record.get("case_id", ""))
             yield record
         rest = [j for j in pending if j.case_id not in seen]
@@ -85,10 +99,10 @@ def _run_worker(
     python: str,
     on_progress: Callable[[dict[str, Any]], None] | None,
     exit_code: list[int],
+    env: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
     """Stream one worker's records; its exit status is appended to `exit_code`."""
     payload = "\n".join(json.dumps(asdict(j)) for j in jobs) + "\n"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [python, "-m", "elmbench.backends.isolate"],
         stdin=subprocess.PIPE,

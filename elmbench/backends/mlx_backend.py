@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from elmbench.backends import COMPILE_MODES, Backend, ModelSpec
+from elmbench.backends import COMPILE_MODES, Backend, ModelSpec, mlx_blas
 from elmbench.errors import UnavailableError
 from elmbench.norms import Availability
 
@@ -142,4 +142,5 @@ class MlxBackend(Backend):
             "quantize": self.spec.quantize,
             "compile": self.spec.compile,
             "compiled_parts": self.compiled_parts,
+            "blas": mlx_blas.describe(),
         }

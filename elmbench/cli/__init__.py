@@ -56,6 +56,9 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point of the `elmbench` console script."""
+    from elmbench.backends import mlx_blas
+
+    mlx_blas.allow_restart()  # MLX work in this process may restart it with OpenBLAS
     try:
         cli.main(prog_name="elmbench")
     except ElmbenchError as err:  # raised outside any subcommand, e.g. by the group itself

@@ -316,6 +316,10 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     opts["weights"] = _absolute(opts["weights"])
     opts["tokenizer"] = _absolute(opts["tokenizer"])
     device = resolve_device(opts["device"], opts["backend"])
+    if device.backend == "mlx":
+        from elmbench.backends import mlx_blas
+
+        mlx_blas.ensure_in_process()  # may restart this command with OpenBLAS preloaded
     norms = tuple(dict.fromkeys(n.strip() for n in opts["norm"].split(",") if n.strip()))
     for norm in norms:
         get_norm(norm, device.backend)

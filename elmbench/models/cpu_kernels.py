@@ -63,13 +63,16 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _compile(source: str, compiler: str, flags: list[str], out: Path) -> None:
+def compile_library(
+    source: str, compiler: str, flags: list[str], out: Path, libs: tuple[str, ...] = ("-lm",)
+) -> None:
+    """Build C `source` into the shared library `out` (libraries to link after the source)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "cpu_kernels.c"
+        src = Path(tmp) / "source.c"
         src.write_text(source)
         lib = Path(tmp) / out.name
-        cmd = [compiler, *flags, "-shared", "-fPIC", str(src), "-o", str(lib), "-lm"]
+        cmd = [compiler, *flags, "-shared", "-fPIC", str(src), "-o", str(lib), *libs]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise KernelUnavailable(done.stderr.strip().splitlines()[-1] if done.stderr else "")
@@ -99,7 +102,7 @@ def load_kernels() -> CpuKernels:
         path = cache_dir() / f"elm_kernels-{digest}.so"
         try:
             if not path.exists():
-                _compile(source, compiler, flags, path)
+                compile_library(source, compiler, flags, path)
             gemv_fn, attend_fn = _bind(ctypes.CDLL(str(path)))
         except (OSError, AttributeError, subprocess.SubprocessError, KernelUnavailable) as exc:
             errors.append(f"{compiler} {' '.join(flags)}: {exc}")
