@@ -188,9 +188,24 @@ def _mlx() -> dict[str, Any]:
             "installed": True,
             "default_device": str(mx.default_device()),
             "metal_available": bool(mx.metal.is_available()),
+            "cpu_blas": _mlx_blas(),
         }
     except Exception as exc:  # MLX can import yet fail to create a device
         return {"installed": True, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _mlx_blas() -> str:
+    """What MLX's CPU products will run on in elmbench's MLX processes (ELMBENCH_MLX_BLAS)."""
+    from elmbench.backends import mlx_blas
+    from elmbench.errors import ElmbenchError
+
+    try:
+        blas = mlx_blas.plan()
+    except ElmbenchError as exc:
+        return f"error: {exc}"
+    if blas.preload is not None:
+        return f"{blas.note}, preloaded into MLX processes"
+    return mlx_blas.describe() + f" ({blas.note})"
 
 
 def _can_run(
