@@ -17,7 +17,29 @@ def test_inductor_decode_generates_what_eager_does() -> None:
     np.testing.assert_array_equal(compiled.generate(PROMPT, 6), eager.generate(PROMPT, 6))
     facts = compiled.describe()
     assert facts["compile"] == "inductor"
-    assert facts["compile_details"]["decode"] == "fullgraph, static shapes"
+    assert facts["compile_details"]["decode"].startswith("fullgraph, static shapes")
+    # Decode guards only its inputs: a new batch size (a new cache) is a new graph, not reuse.
+    np.testing.assert_array_equal(compiled.generate(PROMPT[:1], 4), eager.generate(PROMPT[:1], 4))
+
+
+def test_decode_guard_filter_keeps_inputs_and_drops_parameters() -> None:
+    import torch
+    from torch import nn
+
+    from elmbench.backends.torch_compile import input_guards_only
+
+    class Entry:
+        def __init__(self, guard_type: str, value: object) -> None:
+            self.guard_type, self.value = guard_type, value
+
+    entries = [
+        Entry("GLOBAL_STATE", None),
+        Entry("SHAPE_ENV", None),
+        Entry("TENSOR_MATCH", torch.zeros(2)),  # tokens, position, KV cache
+        Entry("TENSOR_MATCH", nn.Parameter(torch.zeros(2))),  # weights
+        Entry("ID_MATCH", nn.Linear(2, 2)),  # modules
+    ]
+    assert input_guards_only(entries) == [True, True, True, False, False]
 
 
 def test_mx_compile_matches_eager_logits_and_tokens() -> None:

@@ -71,8 +71,13 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
         return Steps(
             mode,
             torch.compile(prefill),
-            torch.compile(decode, fullgraph=True, dynamic=False),
-            {"compile": "inductor", "decode": "fullgraph, static shapes", "prefill": "default"},
+            torch.compile(decode, fullgraph=True, dynamic=False, options=decode_options()),
+            {
+                "compile": "inductor",
+                "decode": "fullgraph, static shapes"
+                + (", guards on inputs and global state only" if decode_options() else ""),
+                "prefill": "default",
+            },
         )
     graphed = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
@@ -86,6 +91,27 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
         decode_graphed,
         {"compile": "cudagraphs", "decode": "inductor + CUDA graphs", "prefill": "eager"},
     )
+
+
+def input_guards_only(guard_entries: list[Any]) -> list[bool]:
+    """Dynamo guard filter for decode: keep global state, shapes and non-parameter tensors.
+
+    Each decode call otherwise re-checks every parameter tensor and module attribute of a model
+    that does not change while it is benchmarked (about 1.2 ms a token for 270M on the CPU here).
+    The tokens, position and KV-cache buffers are still checked.
+    """
+    return [
+        e.guard_type in ("GLOBAL_STATE", "SHAPE_ENV")
+        or (e.guard_type == "TENSOR_MATCH" and not isinstance(e.value, nn.Parameter))
+        for e in guard_entries
+    ]
+
+
+def decode_options() -> dict[str, Any]:
+    """torch.compile options for decode (guard filters need torch 2.8 or newer)."""
+    if not hasattr(torch.compiler, "keep_tensor_guards_unsafe"):
+        return {}
+    return {"guard_filter_fn": input_guards_only}
 
 
 def mark_cache_static(model: nn.Module) -> None:
