@@ -154,24 +154,22 @@ def attend_eager(
     return out
 
 
-@torch.library.custom_op("elmbench::gemv", mutates_args=())
-def gemv_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The GEMV kernel as an opaque op, so that torch.compile graphs can call it."""
-    return gemv_eager(x, weight.contiguous())
+# The kernels as opaque ops for torch.compile graphs, registered with the dispatcher directly: a
+# CPU kernel costs ~11 us a call here against ~16 us through `torch.library.custom_op`'s wrapper
+# (81 calls a token at 270M). Inference only: no autograd formula.
+_LIBRARY = torch.library.Library("elmbench", "DEF")
+_LIBRARY.define("gemv(Tensor x, Tensor weight) -> Tensor")
+_LIBRARY.define("attend(Tensor q, Tensor k, Tensor v, Tensor pos) -> Tensor")
+_LIBRARY.impl("gemv", lambda x, weight: gemv_eager(x, weight.contiguous()), "CPU")
+_LIBRARY.impl("attend", attend_eager, "CPU")
 
 
-@gemv_op.register_fake
+@torch.library.register_fake("elmbench::gemv")
 def _gemv_fake(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("elmbench::attend", mutates_args=())
-def attend_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The attention kernel as an opaque op, so that torch.compile graphs can call it."""
-    return attend_eager(q, k, v, pos)
-
-
-@attend_op.register_fake
+@torch.library.register_fake("elmbench::attend")
 def _attend_fake(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
