@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,22 @@ def test_commands_run_inside_another_process_never_restart_it(
     monkeypatch.setattr(mlx_blas, "_may_restart", False)
     monkeypatch.setattr(mlx_blas.os, "execve", lambda *a: pytest.fail("restarted"))
     mlx_blas.ensure_in_process()
+
+
+def test_a_bad_choice_stops_a_throughput_run_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from elmbench.cli import cli
+
+    monkeypatch.setenv(mlx_blas.ENV, "mkl")
+    result = CliRunner().invoke(
+        cli,
+        ["throughput", "-m", "tiny", "--device", "mlx-cpu", "-p", "4", "-n", "2", "-q",
+         "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "ELMBENCH_MLX_BLAS" in message and "auto, bundled, openblas" in message
