@@ -43,12 +43,16 @@ class BlasPlan:
     preload: str | None
     note: str
 
+    def loaded(self) -> bool:
+        """Whether this process was started with the preload."""
+        return self.preload in os.environ.get("LD_PRELOAD", "").split()
+
     def env(self) -> dict[str, str]:
         """Environment additions for a child process."""
         if self.preload is None:
             return {}
         current = os.environ.get("LD_PRELOAD", "")
-        if self.preload in current.split():
+        if self.loaded():
             return {"LD_PRELOAD": current}
         return {"LD_PRELOAD": f"{self.preload} {current}".strip()}
 
@@ -63,7 +67,7 @@ def requested() -> str:
 
 def build_shim() -> Path:
     """The shim library over scipy-openblas32's OpenBLAS (built once, cached); or why not."""
-    from elmbench.models.cpu_kernels import KernelUnavailable, cache_dir, compile_library
+    from elmbench.native import KernelUnavailable, cache_dir, compile_library
 
     if platform.system() != "Linux":
         raise UnavailableError(
@@ -145,7 +149,7 @@ def ensure_in_process() -> None:
     records say which BLAS that was.
     """
     blas_plan = plan()
-    loaded = blas_plan.preload in os.environ.get("LD_PRELOAD", "").split()
+    loaded = blas_plan.loaded()
     if blas_plan.preload is None or loaded or not _may_restart or os.environ.get(_REEXEC_MARK):
         warn_if_bundled(blas_plan, loaded)
         return

@@ -68,16 +68,14 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
     if mode == "none":
         return Steps(mode, prefill, decode, {"compile": "none (eager)"})
     if mode == "inductor":
+        options = decode_options()
+        decode_kind = "fullgraph, static shapes"
+        decode_kind += ", guards on inputs and global state only" if options else ""
         return Steps(
             mode,
             torch.compile(prefill),
-            torch.compile(decode, fullgraph=True, dynamic=False, options=decode_options()),
-            {
-                "compile": "inductor",
-                "decode": "fullgraph, static shapes"
-                + (", guards on inputs and global state only" if decode_options() else ""),
-                "prefill": "default",
-            },
+            torch.compile(decode, fullgraph=True, dynamic=False, options=options),
+            {"compile": "inductor", "decode": decode_kind, "prefill": "default"},
         )
     graphed = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 

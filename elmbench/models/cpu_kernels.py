@@ -17,13 +17,13 @@ import hashlib
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from elmbench.native import KernelUnavailable, cache_dir, compile_library
 
 MAX_ATTEND_ROWS = 64  # query rows per KV head the attention kernel takes (MAX_ROWS in the C file)
 
@@ -32,10 +32,6 @@ _FLAG_SETS = (
     ["-O3", "-mcpu=native", "-fopenmp"],  # clang on arm64 spells it -mcpu
     ["-O3", "-march=native"],  # no OpenMP (Apple clang): one thread, and the probe decides
 )
-
-
-class KernelUnavailable(RuntimeError):
-    """The kernels could not be built here (no C compiler, or it failed)."""
 
 
 @dataclass(frozen=True)
@@ -55,28 +51,6 @@ class CpuKernels:
 def kernel_source() -> str:
     """The C source shipped with elmbench."""
     return resources.files("elmbench.models").joinpath("cpu_kernels.c").read_text()
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept ($ELMBENCH_CACHE, else ~/.cache/elmbench)."""
-    root = os.environ.get("ELMBENCH_CACHE") or Path.home() / ".cache" / "elmbench"
-    return Path(root) / "kernels"
-
-
-def compile_library(
-    source: str, compiler: str, flags: list[str], out: Path, libs: tuple[str, ...] = ("-lm",)
-) -> None:
-    """Build C `source` into the shared library `out` (libraries to link after the source)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "source.c"
-        src.write_text(source)
-        lib = Path(tmp) / out.name
-        cmd = [compiler, *flags, "-shared", "-fPIC", str(src), "-o", str(lib), *libs]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise KernelUnavailable(done.stderr.strip().splitlines()[-1] if done.stderr else "")
-        os.replace(lib, out)  # atomic: concurrent builders never load a half-written file
 
 
 def _bind(lib: ctypes.CDLL) -> tuple[Any, Any]:
