@@ -71,6 +71,9 @@ def test_batched_equals_one_at_a_time_and_shares_inputs(sp_model: Path, backend:
     assert len(distinct) < len(reqs)
     assert one.forwards == len(distinct)
     assert many.forwards == -(-len(distinct) // 4)
+    # Both count each distinct input's tokens once; padding is counted apart, per batch.
+    assert one.input_tokens == many.input_tokens == sum(len(d) for d in distinct)
+    assert one.padded_tokens == one.input_tokens < many.padded_tokens
 
 
 def test_greedy_flag_is_true_for_the_models_own_choice(sp_model: Path, backend: Backend) -> None:

@@ -92,6 +92,8 @@ def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) ->
         # Speed of the task: every request answered by the model, none from a cache.
         assert r["requests"] >= LIMIT * 2 and r["forwards"] >= 1
         assert r["requests_per_s"] == pytest.approx(r["requests"] / r["eval_s"])
+        assert r["padded_tokens"] >= r["input_tokens"] >= r["forwards"]
+        assert r["input_tokens_per_s"] == pytest.approx(r["input_tokens"] / r["eval_s"])
         assert r["wall_s"] >= r["eval_s"] > 0
     # Records of one task share its speed; a choice per request (two per PIQA question).
     assert by["PIQA", "acc"]["requests"] == by["PIQA", "acc_norm"]["requests"] == 2 * LIMIT

@@ -40,6 +40,8 @@ class ElmLM(TemplateLM):
         self.max_gen_toks = max_gen_toks
         self.add_bos_token = add_bos_token
         self.forwards = 0  # forward passes run, for the batching benchmark
+        self.input_tokens = 0  # tokens of those passes' inputs, without padding
+        self.padded_tokens = 0  # rows x longest row, padding included
         # Data parallel under `accelerate launch`: lm-eval shards requests by rank and gathers
         # metrics through the methods below; rank 0 alone gets the results.
         import torch.distributed as dist
@@ -145,6 +147,8 @@ class ElmLM(TemplateLM):
         for r, inp in enumerate(batch):
             tokens[r, : len(inp)] = inp
         self.forwards += 1
+        self.input_tokens += sum(lengths)
+        self.padded_tokens += tokens.size
         return self.model.logprob_rows(tokens, lengths, last)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

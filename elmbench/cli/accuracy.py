@@ -37,16 +37,23 @@ _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 @dataclass
 class EvalSpeed:
-    """Requests the adapter answered, forward passes it ran and seconds spent in it."""
+    """Requests the adapter answered, forward passes it ran, their tokens and seconds spent."""
 
     requests: int = 0
     forwards: int = 0
+    input_tokens: int = 0  # tokens scored in those passes, without padding
+    padded_tokens: int = 0  # with padding: what the batches computed
     seconds: float = 0.0
 
     @property
     def requests_per_s(self) -> float | None:
         """Answered requests per second of adapter time (None when nothing was computed)."""
         return self.requests / self.seconds if self.requests and self.seconds > 0 else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Input tokens scored per second of adapter time: comparable across tokenizers."""
+        return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
 def measured_adapter(speed: EvalSpeed) -> type:
@@ -59,13 +66,16 @@ def measured_adapter(speed: EvalSpeed) -> type:
 
     class MeasuredLM(adapter.ElmLM):
         def _timed(self, n: int, call: Callable[..., Any], *args: Any) -> Any:
-            forwards, start = self.forwards, time.perf_counter()
+            before = (self.forwards, self.input_tokens, self.padded_tokens)
+            start = time.perf_counter()
             try:
                 return call(*args)
             finally:
                 speed.seconds += time.perf_counter() - start
                 speed.requests += n
-                speed.forwards += self.forwards - forwards
+                speed.forwards += self.forwards - before[0]
+                speed.input_tokens += self.input_tokens - before[1]
+                speed.padded_tokens += self.padded_tokens - before[2]
 
         def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
             return self._timed(len(requests), super().loglikelihood, requests, disable_tqdm)
@@ -157,6 +167,7 @@ SPEED_COLUMNS = [
     Column.key("forwards", "forwards", numeric=True),
     Column("eval s", lambda r: _num(r.get("eval_s"), 2), numeric=True),
     Column("requests/s", lambda r: _num(r.get("requests_per_s"), 2), numeric=True),
+    Column("tokens/s", lambda r: _num(r.get("input_tokens_per_s"), 0), numeric=True),
     Column("wall s", lambda r: _num(r.get("wall_s"), 1), numeric=True),
 ]
 
@@ -481,8 +492,11 @@ def _case(
         batch_size=plan.batch_size,
         requests=speed.requests,
         forwards=speed.forwards,
+        input_tokens=speed.input_tokens,
+        padded_tokens=speed.padded_tokens,
         eval_s=speed.seconds,
         requests_per_s=speed.requests_per_s,
+        input_tokens_per_s=speed.tokens_per_s,
         wall_s=wall,
     )
     return case_record(params, status=record["status"], **fields)
