@@ -205,6 +205,15 @@ def test_on_repetition_reports_progress() -> None:
     assert seen == [(i, 0.25 * i) for i in range(1, 6)]
 
 
+def test_time_spent_between_repetitions_is_not_measured() -> None:
+    # throughput runs its bandwidth probes in on_repetition: they must not count
+    clock = FakeClock()
+    timing = run_protocol(
+        steps(clock, [0.25]), quick(), clock=clock, on_repetition=lambda i, e: clock.advance(9.0)
+    )
+    assert timing.raw_s() == (0.25,) * 5 and timing.measured_s == pytest.approx(1.25)
+
+
 @pytest.mark.parametrize(
     "kw",
     [{"warmup": -1}, {"min_repetitions": 0}, {"min_seconds": -1.0}, {"max_repetitions": 2},

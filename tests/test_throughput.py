@@ -118,19 +118,69 @@ def test_records_hold_every_metric_with_raw_values_and_units(tmp_path: Path) -> 
     assert mfu["status"] == "skipped" and "publishes no dense" in mfu["reason"]
     roofline = next(r for r in records if r["metric"] == "decode_roofline_pct")
     bandwidth = next(r for r in records if r["metric"] == "decode_bandwidth_gb_per_s")
-    # the share of the best probe run just before and after the case; the run's figure kept too
-    beside = [p["membw_gb_per_s"] for p in roofline["case_probes"]]
-    assert len(beside) == 2 and roofline["peak_gb_per_s"] == max(beside)
-    assert roofline["value"] == pytest.approx(100 * bandwidth["value"] / max(beside))
+    # A case shorter than the pairing interval is probed just before and after it; each
+    # repetition is a share of the better of the two; the run's figure and the best probe kept too.
+    probes = roofline["case_probes"]
+    assert [p["after_repetition"] for p in probes] == [0, bandwidth["repetitions"]]
+    beside = max(p["membw_gb_per_s"] for p in probes)
+    assert roofline["paired_peak_raw_gb_per_s"] == [beside] * bandwidth["repetitions"]
+    assert roofline["raw"] == pytest.approx([100 * gb / beside for gb in bandwidth["raw"]])
+    assert roofline["value"] == pytest.approx(statistics.median(roofline["raw"]))
+    assert roofline["best_probe_roofline_pct"] == pytest.approx(100 * bandwidth["value"] / beside)
     assert roofline["run_peak_gb_per_s"] == meta["membw"]["membw_gb_per_s"]
     assert roofline["run_roofline_pct"] == pytest.approx(
         100 * bandwidth["value"] / meta["membw"]["membw_gb_per_s"]
     )
-    assert "beside the case" in roofline["peak_source"]
+    assert "bracket it in time" in roofline["peak_source"]
     assert events[0] == "plan" and events.count("case") == 2 and "progress" in events
     rows = case_rows(records)
     assert [r["norm"] for r in rows] == ["naive", "fused"]
     assert rows[0]["decode_tokens_per_s"] == decode["value"]
+
+
+def test_the_worker_probes_between_repetitions_outside_the_timed_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from elmbench.throughput import measure
+
+    monkeypatch.setattr(measure, "PAIR_SECONDS", 0.0)  # a probe after every repetition
+    monkeypatch.setattr(measure, "CASE_PROBE_MIB", 16)
+    spec = {"model": "tiny", "weights": None, "norm": "naive", "dtype": "float32", "seed": 0,
+            "device": "cpu", "compile": "none"}  # fmt: skip
+    params = {"batch_size": 1, "prompt_tokens": 8, "gen_tokens": 4, "seed": 0, "warmup": 1,
+              "repetitions": 3, "min_seconds": 0.0, "probe_bandwidth": True}  # fmt: skip
+    job = Job("elmbench.throughput.measure:throughput", "torch", spec, params)
+    (out,) = measure.throughput(job)
+    probes = out["case_membw"]
+    assert [p["after_repetition"] for p in probes] == [0, 1, 2, 3]
+    assert all(p["membw_gb_per_s"] > 0 for p in probes)
+    assert out["timing"]["repetitions"] == 3 and len(out["timing"]["total_raw_s"]) == 3
+
+
+def test_each_repetition_is_a_share_of_the_probes_that_bracket_it() -> None:
+    from types import SimpleNamespace
+
+    from elmbench.throughput.metrics import _roofline_share
+
+    device = SimpleNamespace(profile=SimpleNamespace(bandwidth_gb_per_s=50.0, source="start"))
+    probes = [
+        {"after_repetition": 0, "membw_gb_per_s": 40.0},
+        {"after_repetition": 2, "membw_gb_per_s": 20.0},  # none ran after the first repetition
+        {"after_repetition": 3, "membw_gb_per_s": 30.0},
+    ]
+    bandwidth = {"value": 20.0, "raw": [10.0, 20.0, 30.0]}
+    share = _roofline_share(device, probes, bandwidth)  # type: ignore[arg-type]
+    assert share is not None
+    assert share["paired_peak_raw_gb_per_s"] == [40.0, 40.0, 30.0]
+    assert share["raw"] == pytest.approx([25.0, 50.0, 100.0])
+    assert share["value"] == pytest.approx(50.0) and share["peak_gb_per_s"] == 40.0
+    assert share["best_probe_roofline_pct"] == pytest.approx(50.0)
+    assert share["run_roofline_pct"] == pytest.approx(40.0)
+    # without probes: the device's published peak, and None where it has none
+    plain = _roofline_share(device, [], bandwidth)  # type: ignore[arg-type]
+    assert plain is not None and plain["value"] == pytest.approx(40.0)
+    device.profile.bandwidth_gb_per_s = None
+    assert _roofline_share(device, [], bandwidth) is None  # type: ignore[arg-type]
 
 
 def test_naive_and_fused_generate_the_same_tokens(tmp_path: Path) -> None:

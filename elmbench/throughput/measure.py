@@ -3,9 +3,11 @@
 Prefill (time to the first token over the whole prompt) and decode (the remaining new tokens, one
 cached step each) are timed as separate sections of every repetition; each section is bracketed
 by the device synchronisation. The KV cache is allocated once per shape, outside the timed region.
-Where the roofline is a measured read bandwidth (the CPU), the probe runs again just before and
-just after the case, so that its share is taken against what the memory gave at that time: on a
-shared machine the bandwidth drifts by 10-20% within minutes.
+Where the roofline is a measured read bandwidth (the CPU), the probe also runs in the worker just
+before the case, between repetitions (after each one that ends `PAIR_SECONDS` of measured time
+since the last probe) and after the last one, so that each repetition's decode is compared with
+the memory of its own moment: on a shared machine the bandwidth drifts by 10-40% within minutes.
+The probes run outside the timed repetitions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from elmbench.measure.protocol import Protocol, Timer, run_protocol
 
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
 CASE_PROBE_MIB = 256  # the bandwidth probes beside each case: far larger than any CPU cache
+PAIR_SECONDS = 2.0  # measured seconds between two probes inside a case (~0.3 s a probe)
 
 
 def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None]:
@@ -91,18 +94,27 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
             backend.synchronize(tok)
 
     probes: list[dict[str, Any]] = []
+    probed_at = [0.0]  # measured seconds when the last probe ran
 
-    def probe() -> None:
+    def probe(after_repetition: int) -> None:
         if p.get("probe_bandwidth"):
             from elmbench.measure.membw import measure_roofline
 
             report_progress({"case_id": job.case_id, "phase": "bandwidth probe"})
-            probes.append(measure_roofline(size_mib=CASE_PROBE_MIB, repeats=3))
+            found = measure_roofline(size_mib=CASE_PROBE_MIB, repeats=3)
+            probes.append({"after_repetition": after_repetition, **found})
 
-    probe()
+    def between(done: int, measured_s: float) -> None:
+        on_repetition(done, measured_s)
+        if measured_s - probed_at[0] >= PAIR_SECONDS:
+            probe(done)
+            probed_at[0] = measured_s
+
+    probe(0)
     backend.reset_peak_memory()
-    timing = run_protocol(once, protocol, sync=backend.synchronize, on_repetition=on_repetition)
-    probe()
+    timing = run_protocol(once, protocol, sync=backend.synchronize, on_repetition=between)
+    if not probes or probes[-1]["after_repetition"] != timing.repetitions:
+        probe(timing.repetitions)
     peak, peak_kind = backend.peak_memory_bytes()
     generated = np.concatenate([backend.to_numpy(t) for t in tokens], axis=1)
     yield {
@@ -113,5 +125,5 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
         "peak_memory_kind": peak_kind,
         "generated_head": generated[0, :16].tolist(),  # greedy tokens: a cross-run sanity check
         "describe": backend.describe(),
-        "case_membw": probes,  # before and after the case, where the roofline is measured
+        "case_membw": probes,  # before, between and after the repetitions (measured rooflines)
     }

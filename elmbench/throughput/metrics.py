@@ -85,32 +85,54 @@ def failed_record(case: Case, reason: str, context: dict[str, Any]) -> Record:
     return case_record({**case.params(), "metric": FAILED_METRIC}, "failed", reason, **context)
 
 
-def _bandwidth_peak(
-    device: ResolvedDevice, probes: list[dict[str, Any]], gb_per_s: float
-) -> tuple[float | None, str, dict[str, Any]]:
-    """The peak a decode bandwidth is a share of, its source, and fields for the record.
+def _bracketing(probes: list[dict[str, Any]], repetition: int) -> float:
+    """The better of the probes just before and just after a (1-based) measured repetition."""
+    before = max(
+        (pr for pr in probes if pr["after_repetition"] < repetition),
+        key=lambda pr: pr["after_repetition"],
+    )
+    after = min(
+        (pr for pr in probes if pr["after_repetition"] >= repetition),
+        key=lambda pr: pr["after_repetition"],
+    )
+    return max(before["membw_gb_per_s"], after["membw_gb_per_s"])
 
-    Where read probes ran just before and after the case (a measured roofline), the best of them;
-    the record then also keeps the probes and the start-of-run figure with the share of it.
-    Otherwise the device's peak.
+
+def _roofline_share(
+    device: ResolvedDevice, probes: list[dict[str, Any]], bandwidth: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The decode bandwidth as a share of the roofline, or None where the peak is unknown.
+
+    Where read probes ran in the case (a measured roofline), each repetition is a share of the
+    better of the probes that bracket it in time, and the value is the median of those paired
+    shares; the record also keeps every probe, the share of the best probe of the case and the
+    share of the start-of-run figure. Otherwise the share of the device's peak.
     """
     peak, source = device.profile.bandwidth_gb_per_s, device.profile.source
     if not probes:
-        return peak, source, {}
-    beside = [pr["membw_gb_per_s"] for pr in probes]
-    figures = ", ".join(f"{b:.1f}" for b in beside)
-    note = f"measured beside the case: best of the probes before and after it ({figures} GB/s)"
-    run_pct = share(gb_per_s, peak)
-    return (
-        max(beside),
-        note,
-        {
-            "run_peak_gb_per_s": peak,
-            "run_peak_source": source,
-            "run_roofline_pct": None if run_pct is None else 100 * run_pct,  # as older runs had it
-            "case_probes": probes,
-        },
-    )
+        pct = share(bandwidth["value"], peak)
+        if pct is None:
+            return None
+        return {"value": 100 * pct, "unit": "%", "peak_gb_per_s": peak, "peak_source": source}
+    roofs = [_bracketing(probes, i + 1) for i in range(len(bandwidth["raw"]))]
+    paired = [100 * gb / roof for gb, roof in zip(bandwidth["raw"], roofs, strict=True)]
+    best = max(pr["membw_gb_per_s"] for pr in probes)
+    run_pct = share(bandwidth["value"], peak)
+    return {
+        "value": statistics.median(paired),
+        "unit": "%",
+        "raw": paired,
+        "peak_gb_per_s": statistics.median(roofs),
+        "peak_source": f"measured beside each repetition: the better of the {len(probes)} read "
+        "probes that bracket it in time; the value is the median of the paired shares",
+        "paired_peak_raw_gb_per_s": roofs,
+        "best_probe_gb_per_s": best,
+        "best_probe_roofline_pct": 100 * bandwidth["value"] / best,
+        "run_peak_gb_per_s": peak,
+        "run_peak_source": source,
+        "run_roofline_pct": None if run_pct is None else 100 * run_pct,  # as older runs had it
+        "case_probes": probes,
+    }
 
 
 def throughput_records(
@@ -151,23 +173,15 @@ def throughput_records(
         out["decode_tokens_per_s"] = {**_rate(b * steps, decode), "unit": "tokens/s"}
         out["decode_ms_per_token"] = {**_scaled(1e3 / steps, decode), "unit": "ms/token"}
         bandwidth = _rate(moved / 1e9, decode)
-        peak_bw, bw_source, run_peak = _bandwidth_peak(
-            device, result.get("case_membw") or [], bandwidth["value"]
-        )
+        roofline = _roofline_share(device, result.get("case_membw") or [], bandwidth)
         out["decode_bandwidth_gb_per_s"] = {
             **bandwidth, "unit": "GB/s", "bytes_read": moved, "decode_steps": steps,
-            "peak_gb_per_s": peak_bw, "peak_source": bw_source,
+            "peak_gb_per_s": None if roofline is None else roofline["peak_gb_per_s"],
+            "peak_source": device.profile.source if roofline is None else roofline["peak_source"],
         }  # fmt: skip
-        pct = share(bandwidth["value"], peak_bw)
         out["decode_roofline_pct"] = (
-            {
-                "value": 100 * pct,
-                "unit": "%",
-                "peak_gb_per_s": peak_bw,
-                "peak_source": bw_source,
-                **run_peak,
-            }
-            if pct is not None
+            roofline
+            if roofline is not None
             else f"peak memory bandwidth of '{device.profile.name}' is unknown"
         )
     else:
