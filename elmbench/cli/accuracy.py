@@ -56,6 +56,9 @@ class EvalSpeed:
         return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
+COUNTED = ("forwards", "input_tokens", "padded_tokens")  # the adapter's counters EvalSpeed sums
+
+
 def measured_adapter(speed: EvalSpeed) -> type:
     """An ElmLM subclass that counts and times the requests it answers into `speed`.
 
@@ -66,16 +69,15 @@ def measured_adapter(speed: EvalSpeed) -> type:
 
     class MeasuredLM(adapter.ElmLM):
         def _timed(self, n: int, call: Callable[..., Any], *args: Any) -> Any:
-            before = (self.forwards, self.input_tokens, self.padded_tokens)
+            before = {name: getattr(self, name) for name in COUNTED}
             start = time.perf_counter()
             try:
                 return call(*args)
             finally:
                 speed.seconds += time.perf_counter() - start
                 speed.requests += n
-                speed.forwards += self.forwards - before[0]
-                speed.input_tokens += self.input_tokens - before[1]
-                speed.padded_tokens += self.padded_tokens - before[2]
+                for name, count in before.items():
+                    setattr(speed, name, getattr(speed, name) + getattr(self, name) - count)
 
         def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
             return self._timed(len(requests), super().loglikelihood, requests, disable_tqdm)
