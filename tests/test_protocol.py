@@ -1,14 +1,16 @@
-"""The measurement protocol with a fake clock, and the CPU bandwidth probe."""
+"""The measurement protocol with a fake clock, the CPU bandwidth probe and the CPU peak memory."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import statistics
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from elmbench.errors import ConfigError, UnknownNameError
@@ -20,6 +22,7 @@ from elmbench.measure import (
     measure_roofline,
     run_protocol,
 )
+from elmbench.measure.rss import reset_rss_peak, rss_peak_bytes
 
 
 class FakeClock:
@@ -300,3 +303,19 @@ def test_roofline_is_the_fastest_probe_and_keeps_them_all(
     finally:
         cpu_kernels.load_kernels.cache_clear()
     assert len(alone["membw_probes"]) == 1 and "did not build" in alone["membw_probes_skipped"][0]
+
+
+# --- the CPU peak memory ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="restarting the peak is Linux's")
+def test_the_rss_peak_restarts_below_memory_freed_before() -> None:
+    held = np.ones(96 * 2**18, dtype=np.float32)  # 96 MiB, touched
+    with_buffer = rss_peak_bytes()
+    del held
+    assert reset_rss_peak()
+    assert rss_peak_bytes() < with_buffer - 64 * 2**20
+
+
+def test_the_rss_peak_says_when_it_cannot_restart(tmp_path: Path) -> None:
+    assert not reset_rss_peak(tmp_path / "missing" / "clear_refs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,6 +156,30 @@ def test_the_worker_probes_between_repetitions_outside_the_timed_region(
     assert [p["after_repetition"] for p in probes] == [0, 1, 2, 3]
     assert all(p["membw_gb_per_s"] > 0 for p in probes)
     assert out["timing"]["repetitions"] == 3 and len(out["timing"]["total_raw_s"]) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="restarting the peak is Linux's")
+def test_the_probes_buffers_are_not_the_cases_peak_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from elmbench.measure.rss import reset_rss_peak, rss_peak_bytes
+    from elmbench.throughput import measure
+
+    monkeypatch.setattr(measure, "PAIR_SECONDS", 0.0)
+    monkeypatch.setattr(measure, "CASE_PROBE_MIB", 160)  # far above the tiny case's own memory
+    spec = {"model": "tiny", "weights": None, "norm": "naive", "dtype": "float32", "seed": 0,
+            "device": "cpu", "compile": "none"}  # fmt: skip
+    params = {"batch_size": 1, "prompt_tokens": 8, "gen_tokens": 4, "seed": 0, "warmup": 0,
+              "repetitions": 2, "min_seconds": 0.0, "probe_bandwidth": True}  # fmt: skip
+    measure.load("torch", spec)  # the model resident before the case, as in a worker
+    reset_rss_peak()  # what earlier tests in this process held does not count
+    before = rss_peak_bytes()
+    (out,) = measure.throughput(
+        Job("elmbench.throughput.measure:throughput", "torch", spec, params)
+    )
+    assert len(out["case_membw"]) == 3  # before, between and after: each held 160 MiB
+    assert out["peak_memory_kind"] == "process_rss_peak"
+    assert out["peak_memory_bytes"] < before + 64 * 2**20
 
 
 def test_each_repetition_is_a_share_of_the_probes_that_bracket_it() -> None:

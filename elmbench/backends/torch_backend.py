@@ -7,8 +7,6 @@ probe at setup finds it faster (`elmbench.models.cpu_layout`); `describe()` reco
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 from elmbench.backends import Backend, ModelSpec
 from elmbench.backends.torch_compile import check_compile_mode, compile_steps, mark_cache_static
 from elmbench.errors import ConfigError, UnavailableError
+from elmbench.measure.rss import reset_rss_peak, rss_peak_bytes
 from elmbench.models.comparison import COMPARISON_MODELS
 from elmbench.norms import Availability
 
@@ -48,12 +47,6 @@ def torch_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def rss_peak_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 class TorchBackend(Backend):
     """OpenELM (elmbench.models.openelm_torch) or a comparison model behind the backend seam."""
 
@@ -68,6 +61,7 @@ class TorchBackend(Backend):
                 "Use --backend mlx, or drop --quantize",
             )
         self.device = torch_device(spec.device)
+        self._rss_window = False  # whether the CPU peak has been restarted (reset_peak_memory)
         check_compile_mode(spec.compile, self.device)
         self.model: OpenELM | HFCausalLM
         self.comparison = spec.model in COMPARISON_MODELS
@@ -184,12 +178,18 @@ class TorchBackend(Backend):
             return int(torch.cuda.max_memory_allocated(self.device)), "cuda_max_allocated"
         if self.device.type == "mps":
             return int(torch.mps.driver_allocated_memory()), "mps_driver_allocated"
-        return rss_peak_bytes(), "process_rss_peak"
+        # the RSS peak since the last reset where Linux allows one, else since the process began
+        return (
+            rss_peak_bytes(),
+            "process_rss_peak" if self._rss_window else "process_rss_peak_lifetime",
+        )
 
     def reset_peak_memory(self) -> None:
-        """Reset the CUDA peak counter (RSS peaks cannot be reset)."""
+        """Reset the CUDA peak counter, or restart the process's RSS peak (Linux)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.device.type == "cpu":
+            self._rss_window = reset_rss_peak()
 
     def describe(self) -> dict[str, Any]:
         """torch version, device name, model and weights identity."""

@@ -7,7 +7,9 @@ Where the roofline is a measured read bandwidth (the CPU), the probe also runs i
 before the case, between repetitions (after each one that ends `PAIR_SECONDS` of measured time
 since the last probe) and after the last one, so that each repetition's decode is compared with
 the memory of its own moment: on a shared machine the bandwidth drifts by 10-40% within minutes.
-The probes run outside the timed repetitions.
+The probes run outside the timed repetitions, and where the peak memory can be restarted (device
+allocators; process RSS on Linux) the case's peak is the largest of the windows between probes,
+so that the probes' buffers do not count as the case's memory.
 """
 
 from __future__ import annotations
@@ -95,14 +97,18 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
 
     probes: list[dict[str, Any]] = []
     probed_at = [0.0]  # measured seconds when the last probe ran
+    peaks: list[int] = []  # the peak memory of each window between probes
 
     def probe(after_repetition: int) -> None:
         if p.get("probe_bandwidth"):
             from elmbench.measure.membw import measure_roofline
 
+            if after_repetition:  # the window since the previous probe (none before the first)
+                peaks.append(backend.peak_memory_bytes()[0])
             report_progress({"case_id": job.case_id, "phase": "bandwidth probe"})
             found = measure_roofline(size_mib=CASE_PROBE_MIB, repeats=3)
             probes.append({"after_repetition": after_repetition, **found})
+            backend.reset_peak_memory()  # the probe's buffers are not the case's memory
 
     def between(done: int, measured_s: float) -> None:
         on_repetition(done, measured_s)
@@ -116,6 +122,7 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
     if not probes or probes[-1]["after_repetition"] != timing.repetitions:
         probe(timing.repetitions)
     peak, peak_kind = backend.peak_memory_bytes()
+    peak = max([peak, *peaks])
     generated = np.concatenate([backend.to_numpy(t) for t in tokens], axis=1)
     yield {
         "status": "ok",
