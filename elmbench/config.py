@@ -434,3 +434,37 @@ def get_config(name: str) -> ElmConfig:
     if key is None:
         raise UnknownNameError("model", name, PRESETS, _ALIASES)
     return PRESETS[key]
+
+
+# Names, not shape: twins differ only here. The multipliers are left out because the per-layer
+# lists they produce (query heads, KV heads, FFN widths) are compared instead, and a config.json
+# may hold them as two-entry ranges or expanded per layer.
+_NOT_ARCHITECTURE = ("name", "official_name", "instruct", "qkv_multipliers", "ffn_multipliers")
+
+
+def architecture(cfg: ElmConfig) -> dict[str, Any]:
+    """The fields that shape the model's computation: every field but its names."""
+    fields = asdict(cfg)
+    for key in _NOT_ARCHITECTURE:
+        fields.pop(key)
+    return fields
+
+
+def architecture_difference(cfg: ElmConfig, other: ElmConfig) -> str:
+    """The first architectural field where `cfg` differs from `other` ('' when none does)."""
+    mine, theirs = architecture(cfg), architecture(other)
+    for key, value in mine.items():
+        if value != theirs[key]:
+            return f"{key} {_short(value)}, not {_short(theirs[key])}"
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def matching_presets(cfg: ElmConfig) -> list[ElmConfig]:
+    """The presets with the architecture of `cfg`: none, one, or a base model and its twin."""
+    wanted = architecture(cfg)
+    return [preset for preset in PRESETS.values() if architecture(preset) == wanted]

@@ -3,6 +3,7 @@ SentencePiece tokenizer trained here."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +103,89 @@ def test_rolling_windows_cover_every_token_once(sp_model: Path, backend: Backend
     assert total == pytest.approx(want, abs=1e-3)
 
 
+class WrapTokenizer(SentencePieceTokenizer):
+    """The test tokenizer for generation: the tiny model has 512 ids, the tokenizer 400 pieces,
+    so an id past them decodes as id - 400 (the model may well generate one)."""
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids, any id wrapped into the tokenizer's range."""
+        return super().decode([i % 400 for i in ids])
+
+
+def _greedy_text(backend: Backend, tok: WrapTokenizer, ids: list[int], n: int) -> str:
+    """Decode of the model's own greedy continuation of `ids`, `n` tokens, cut at EOS."""
+    want = backend.generate(np.asarray([ids]), n)[0].tolist()
+    return tok.decode(want[: want.index(tok.eos_id)] if tok.eos_id in want else want)
+
+
+def _spy_setup(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the sequence length each generation allocates its KV cache for."""
+    lengths: list[int] = []
+    real = backend.setup
+
+    def setup(batch_size: int, max_seq_len: int) -> None:
+        lengths.append(max_seq_len)
+        real(batch_size, max_seq_len)
+
+    monkeypatch.setattr(backend, "setup", setup)
+    return lengths
+
+
 def test_generate_until_is_greedy_and_stops(sp_model: Path, backend: Backend) -> None:
-    tok = SentencePieceTokenizer(sp_model)
+    tok = WrapTokenizer(sp_model)
+    lm = ElmLM(backend, tok)
+    context = "The decoder returns"
+    (text,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 6})])
+    assert text == _greedy_text(backend, tok, lm.tok_encode(context), 6)
+    assert len(text) >= 4, text  # the seeded model says enough to cut inside it
+    # A stop taken from the second half of the text: generation must hit it and cut before it.
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    (cut,) = lm.generate_until([Req(context, {"until": ["\u2603", stop], "max_gen_toks": 6})])
+    assert cut == text[: text.find(stop)] and len(cut) < len(text)
+
+
+def test_generate_until_stops_at_the_token_limit(
+    sp_model: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = WrapTokenizer(sp_model)
     lm = ElmLM(backend, tok)
     context = "The decoder returns"
     ids = lm.tok_encode(context)
-    want = backend.generate(np.asarray([ids]), 6)[0].tolist()
-    if tok.eos_id in want:
-        want = want[: want.index(tok.eos_id)]
-    (text,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 6})])
-    assert text == tok.decode(want)
-    if len(text) > 2:
-        stop = text[1:3]
-        (cut,) = lm.generate_until([Req(context, {"until": [stop], "max_gen_toks": 6})])
-        assert cut == text[: text.find(stop)]
+    want = _greedy_text(backend, tok, ids, 2)
+    lengths = _spy_setup(backend, monkeypatch)
+    (short,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 2})])
+    (longer,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 6})])
+    assert short == want
+    assert longer.startswith(short) and len(longer) > len(short)
+    assert lengths == [len(ids) + 2, len(ids) + 6]  # room for exactly the limit
+
+
+def test_generation_keeps_the_last_context_tokens_that_fit(
+    sp_model: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = WrapTokenizer(sp_model)
+    lm = ElmLM(backend, tok, max_length=16)
+    context = "Serialize obj to a JSON formatted str using this conversion table and more words"
+    ids = lm.tok_encode(context)
+    assert len(ids) > 16  # over the context length
+    want = _greedy_text(backend, tok, ids[-11:], 5)
+    lengths = _spy_setup(backend, monkeypatch)
+    (text,) = lm.generate_until([Req(context, {"until": ["\u2603"], "max_gen_toks": 5})])
+    assert lengths == [16]  # the last 11 context tokens and 5 to generate: the model's length
+    assert text == want
+    # A context of exactly the model's length (BOS and 15 pieces) is cut the same way.
+    exact = tok.decode(ids[1:16])
+    assert len(lm.tok_encode(exact)) == 16
+    lm.generate_until([Req(exact, {"until": ["\u2603"], "max_gen_toks": 5})])
+    assert lengths[-1] == 16
+
+
+def test_generation_limit_that_leaves_no_context_is_an_error(
+    sp_model: Path, backend: Backend
+) -> None:
+    lm = ElmLM(backend, WrapTokenizer(sp_model), max_length=16)
+    with pytest.raises(ElmbenchError, match="max_gen_toks 16 leaves no room for a context"):
+        lm.generate_until([Req("The decoder", {"until": ["x"], "max_gen_toks": 16})])
 
 
 def test_tokenizer_errors(tmp_path: Path) -> None:
@@ -127,6 +197,18 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ElmbenchError, match="not a SentencePiece model"):
         load_tokenizer(str(bad))
+
+
+def test_tokenizer_from_a_folder_holding_tokenizer_model(sp_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "llama2"
+    folder.mkdir()
+    shutil.copy(sp_model, folder / "tokenizer.model")
+    tok = load_tokenizer(str(folder))
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert tok.identity == f"sentencepiece:{folder / 'tokenizer.model'}"
+    assert tok.encode("Return the value") == SentencePieceTokenizer(sp_model).encode(
+        "Return the value"
+    )
 
 
 def test_each_scored_batch_is_cached_before_the_next_runs(

@@ -4,15 +4,22 @@ every clear error, with the tiny model (random weights) and a SentencePiece toke
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from elmbench.cli import cli
+from elmbench.config import ElmConfig, get_config
+from elmbench.errors import ElmbenchError
 from elmbench.records import read_run
+
+Record = dict[str, Any]
 
 DATA = Path(__file__).parent / "data" / "evaldata"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ELMBENCH_DATA": None}
@@ -102,11 +109,45 @@ def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) ->
     out = json.loads(result.stdout)
     assert out["run_dir"] == str(run) and len(out["records"]) == len(records)
     header, rows, notes = (out["summaries"]["naive"][k] for k in ("header", "rows", "notes"))
-    assert header == ["", "ARC-c*", "CrowS-Pairs", "MMLU", "PIQA*", "TruthfulQA", "WinoGrande",
-                      "Average"]  # fmt: skip
+    assert header == ["", "ARC-c*", "CrowS-Pairs", "MMLU (1/57 subjects)", "PIQA*", "TruthfulQA",
+                      "WinoGrande", "Average"]  # fmt: skip
     measured = dict(zip(header, next(r for r in rows if r[0] == "measured (acc*)"), strict=True))
-    assert measured["MMLU"] == f"{by['MMLU', 'acc']['value_pct']:.2f}"
+    assert measured["MMLU (1/57 subjects)"] == f"{by['MMLU', 'acc']['value_pct']:.2f}"
     assert any("RANDOM WEIGHTS" in n for n in notes)
+    assert "no published values: this suite has none for tiny (test model)" in notes
+
+
+def test_mmlu_subset_is_counted_and_noted(llm360: tuple[Result, Path]) -> None:
+    result, run = llm360
+    (mmlu,) = [r for r in read_run(run)[1] if r["label"] == "MMLU"]
+    assert mmlu["subjects"] == 1 and mmlu["subjects_total"] == 57  # the samples hold one subject
+    assert all("subjects" not in r for r in read_run(run)[1] if r["label"] != "MMLU")
+    notes = json.loads(result.stdout)["summaries"]["naive"]["notes"]
+    assert (
+        "MMLU: 1 of the 57 subjects evaluated (those in the data folder); the published value "
+        "covers all 57, so its delta is not comparable"
+    ) in notes
+
+
+def test_few_shot_examples_from_the_evaluation_split_are_noted(
+    llm360: tuple[Result, Path],
+) -> None:
+    result, run = llm360
+    sources = {r["label"]: r["few_shot_source"] for r in read_run(run)[1]}
+    # Stock ARC-c and WinoGrande draw few-shot examples from a training split the samples lack;
+    # CrowS-Pairs (test only) and MMLU (dev) use the split stock lm-eval uses; the rest are 0-shot.
+    assert sources == {
+        "ARC-c": "evaluation split (no train split offline)",
+        "WinoGrande": "evaluation split (no train split offline)",
+        "CrowS-Pairs": "stock lm-eval split", "MMLU": "stock lm-eval split",
+        "PIQA": "stock lm-eval split", "TruthfulQA": "stock lm-eval split",
+    }  # fmt: skip
+    notes = json.loads(result.stdout)["summaries"]["naive"]["notes"]
+    assert (
+        "few-shot examples of ARC-c, WinoGrande came from the evaluation split (the local data has "
+        "no training split; lm-eval leaves the current document out); the paper drew them from "
+        "the training split"
+    ) in notes
 
 
 def test_suite_file_published_values_and_norm_agreement(tmp_path: Path, sp_model: Path) -> None:
@@ -131,6 +172,8 @@ def test_suite_file_published_values_and_norm_agreement(tmp_path: Path, sp_model
     assert "**mine: BoolQ with a published value for the test model (norm fused)**" in text
     assert "| paper | 62.50 | 62.50 |" in text and "**Evaluation speed**" in text
     assert "norm variants fused, naive agree: largest gap 0.00 points" in text
+    assert "paper row: tiny (test model) (chosen by --model)" in text
+    assert {r["paper_model_from"] for r in records} == {"--model"}
     assert "[2/2] BoolQ (boolq, 0-shot, norm fused) ..." in result.stderr  # progress on stderr
 
 
@@ -178,9 +221,19 @@ def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_pa
             ["--allow-random", "--tasks", "HellaSwag"],
             ["task 'hellaswag' has no local data: expected", "hellaswag/validation.jsonl"],
         ),
+        (
+            ["--allow-random", "--tokenizer", "nobody/no-such-tokenizer"],
+            ["tokenizer 'nobody/no-such-tokenizer' cannot be loaded", "--tokenizer PATH"],
+        ),
+        (
+            ["--weights", "nobody/no-such-model"],
+            ["weights 'nobody/no-such-model' cannot be had from the Hugging Face Hub",
+             "--weights PATH"],
+        ),
     ],
     ids=["no-tokenizer", "tokenizer-missing", "no-weights", "weights-missing", "unknown-task",
-         "unknown-suite", "not-accuracy-suite", "unknown-norm", "task-data-missing"],
+         "unknown-suite", "not-accuracy-suite", "unknown-norm", "task-data-missing",
+         "tokenizer-hf-id-offline", "weights-hf-id-offline"],
 )  # fmt: skip
 def test_clear_errors(args: list[str], needles: list[str], tmp_path: Path, sp_model: Path) -> None:
     given = dict(zip(args[::2], args[1::2], strict=False))
@@ -227,3 +280,292 @@ def test_each_process_of_accelerate_launch_takes_its_own_gpu(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert _rank_device(device) == want
+
+
+# A checkpoint folder: which paper model it is, its identity, dtype and tokenizer folder -------
+
+
+def save_checkpoint(cfg: ElmConfig, folder: Path) -> Path:
+    """Seeded random weights of `cfg` written as an HF folder (config.json + safetensors)."""
+    from elmbench.checkpoints.hf import save_hf
+    from elmbench.checkpoints.torch_load import load_state
+
+    cfg, state, _ = load_state(cfg, seed=3)
+    return save_hf(cfg, state, folder)
+
+
+def custom_tiny() -> ElmConfig:
+    """The tiny architecture with another context length: no preset has it."""
+    return dataclasses.replace(get_config("tiny"), name="custom", max_context_length=128)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(
+    tmp_path_factory: pytest.TempPathFactory, sp_model: Path
+) -> tuple[Result, Path, Path, Path]:
+    """PIQA from a tiny-architecture HF folder, bf16 on torch, the tokenizer given as a folder."""
+    root = tmp_path_factory.mktemp("ckpt")
+    weights = save_checkpoint(get_config("tiny"), root / "tiny-ckpt")
+    tokenizer = root / "llama2"
+    tokenizer.mkdir()
+    shutil.copy(sp_model, tokenizer / "tokenizer.model")
+    result = invoke(
+        "--weights", str(weights), "--tokenizer", str(tokenizer), "--dtype", "bfloat16",
+        "--backend", "torch", "--data-dir", str(DATA), "--tasks", "PIQA", "--limit", "2",
+        "--out", str(root / "out"), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result, only_run(root / "out"), weights, tokenizer
+
+
+def test_checkpoint_run_records_weights_dtype_and_tokenizer(
+    checkpoint_run: tuple[Result, Path, Path, Path],
+) -> None:
+    _, run, weights, tokenizer = checkpoint_run
+    records = read_run(run)[1]
+    digest = hashlib.sha256()  # the folder's files in name order, each name then its bytes
+    for name in ("config.json", "model.safetensors"):
+        digest.update(name.encode())
+        digest.update((weights / name).read_bytes())
+    assert {r["metric"] for r in records} == {"acc", "acc_norm"}
+    for r in records:
+        assert r["weights"] == str(weights) and r["weights_sha256"] == digest.hexdigest()
+        assert r["random_weights"] is False and r["model"] == "tiny-ckpt"
+        assert r["dtype"] == "bfloat16" and r["backend"] == "torch"
+        assert r["tokenizer"] == f"sentencepiece:{tokenizer / 'tokenizer.model'}"
+
+
+def test_checkpoint_without_model_gets_its_paper_model_by_architecture(
+    checkpoint_run: tuple[Result, Path, Path, Path],
+) -> None:
+    result, run, _, _ = checkpoint_run
+    for r in read_run(run)[1]:
+        assert r["paper_model"] == "tiny (test model)" and r["paper_model_from"] == "architecture"
+    notes = json.loads(result.stdout)["summaries"]["naive"]["notes"]
+    assert "no published values: this suite has none for tiny (test model)" in notes
+    assert not any("RANDOM WEIGHTS" in n for n in notes)
+
+
+def test_custom_architecture_has_no_paper_model_and_says_so(tmp_path: Path, sp_model: Path) -> None:
+    weights = save_checkpoint(custom_tiny(), tmp_path / "custom")
+    out = tmp_path / "out"
+    result = invoke(
+        "--weights", str(weights), "--tokenizer", str(sp_model), "--data-dir", str(DATA),
+        "--tasks", "PIQA", "--limit", "2", "--out", str(out), "--format", "markdown",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for r in read_run(only_run(out))[1]:
+        assert r["paper_model"] == "" and r["paper_model_from"] == "no preset matches"
+        assert r["published_pct"] is None
+    assert (
+        "no published values: the checkpoint's architecture matches no OpenELM model "
+        "(a custom architecture)"
+    ) in result.stdout
+    assert "| paper | - | - |" in result.stdout  # PIQA and the average
+
+
+@pytest.mark.parametrize(
+    ("cfg", "model", "needles"),
+    [
+        (custom_tiny(), "tiny", ["--model tiny: the checkpoint is not tiny (test model) "
+                                 "(max_context_length 128, not 256)", "matches no OpenELM model"]),
+        (get_config("tiny"), "270m", ["--model 270m: the checkpoint is not OpenELM-270M "
+                                      "(num_layers 3, not 16)", "matches tiny (test model) "
+                                      "(--model tiny)"]),
+    ],
+    ids=["custom", "other-preset"],
+)  # fmt: skip
+def test_model_that_is_not_the_checkpoint_is_a_clear_error(
+    cfg: ElmConfig, model: str, needles: list[str], tmp_path: Path, sp_model: Path
+) -> None:
+    weights = save_checkpoint(cfg, tmp_path / "ckpt")
+    result = invoke(
+        "--model", model, "--weights", str(weights), "--tokenizer", str(sp_model),
+        "--data-dir", str(DATA), "--tasks", "PIQA", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert_one_line_error(result, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+# The paper model of a checkpoint, decided without loading weights ------------------------------
+
+
+def checkpoint_cfg(size: str, **changes: Any) -> ElmConfig:
+    """A preset's config as read back from a release-style config.json (no paper name in it)."""
+    data = {k: v for k, v in get_config(size).to_hf().items() if k != "elmbench_name"}
+    cfg = ElmConfig.from_hf(json.loads(json.dumps(data)), name="folder")
+    assert cfg.official_name == ""
+    return dataclasses.replace(cfg, **changes)
+
+
+@pytest.mark.parametrize(
+    ("names", "want", "source"),
+    [
+        ((), "OpenELM-1_1B", "architecture"),
+        (("/ckpts/OpenELM-1_1B",), "OpenELM-1_1B", "architecture"),
+        (("/ckpts/openelm-1_1b-INSTRUCT",), "OpenELM-1_1B-Instruct", "architecture + name"),
+        (("apple/OpenELM-1_1B-Instruct", "/cache/snap/abc"), "OpenELM-1_1B-Instruct",
+         "architecture + name"),
+    ],
+    ids=["no-name", "base-path", "instruct-path", "instruct-hf-id"],
+)  # fmt: skip
+def test_paper_model_without_model_option(names: tuple[str, ...], want: str, source: str) -> None:
+    from elmbench.accuracy.papermodel import PaperModel, paper_model
+
+    assert paper_model(checkpoint_cfg("1_1b"), None, names) == PaperModel(want, source)
+
+
+def test_paper_model_from_the_model_option_is_checked_against_the_checkpoint() -> None:
+    from elmbench.accuracy.papermodel import PaperModel, paper_model
+
+    cfg = checkpoint_cfg("1_1b")
+    # The user's word picks the twin: same architecture, whatever the folder is called.
+    assert paper_model(cfg, "1_1b-instruct", ["/ckpts/base"]) == PaperModel(
+        "OpenELM-1_1B-Instruct", "--model"
+    )
+    assert paper_model(cfg, "OpenELM-1_1B", ["/x/instruct"]).name == "OpenELM-1_1B"
+    with pytest.raises(ElmbenchError) as info:
+        paper_model(cfg, "270m")
+    assert str(info.value) == (
+        "--model 270m: the checkpoint is not OpenELM-270M (num_layers 28, not 16); its "
+        "architecture matches OpenELM-1_1B and OpenELM-1_1B-Instruct "
+        "(--model 1_1b or 1_1b-instruct)"
+    )
+
+
+def test_paper_model_of_a_custom_architecture_is_none() -> None:
+    from elmbench.accuracy.papermodel import PaperModel, paper_model
+
+    custom = checkpoint_cfg("270m", rope_freq_constant=500000)
+    assert paper_model(custom, None, ["OpenELM-270M-Instruct"]) == PaperModel(
+        "", "no preset matches"
+    )
+    with pytest.raises(ElmbenchError, match="matches no OpenELM model"):
+        paper_model(custom, "270m")
+
+
+def test_name_or_path_in_config_json_picks_the_instruct_twin(tmp_path: Path) -> None:
+    from elmbench.accuracy.papermodel import (
+        PaperModel,
+        checkpoint_config,
+        checkpoint_names,
+        paper_model,
+    )
+
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    data = {k: v for k, v in get_config("270m").to_hf().items() if k != "elmbench_name"}
+    data["_name_or_path"] = "apple/OpenELM-270M-Instruct"
+    (folder / "config.json").write_text(json.dumps(data))
+    names = checkpoint_names(None, str(folder))
+    assert names == [str(folder), "apple/OpenELM-270M-Instruct"]
+    cfg = checkpoint_config(str(folder))
+    assert cfg is not None and cfg.official_name == ""
+    assert paper_model(cfg, None, names) == PaperModel(
+        "OpenELM-270M-Instruct", "architecture + name"
+    )
+    del data["_name_or_path"]
+    (folder / "config.json").write_text(json.dumps(data))
+    assert paper_model(cfg, None, checkpoint_names(None, str(folder))).name == "OpenELM-270M"
+
+
+# The summary table and norm agreement, from records built by hand ------------------------------
+
+
+def rec(label: str, metric: str, value: float, published: float | None, **extra: Any) -> Record:
+    """One ok record of the summary's inputs."""
+    return {
+        "status": "ok", "norm": "naive", "label": label, "metric": metric, "value_pct": value,
+        "published_pct": published, "metric_known": True, "paper_model": "OpenELM-450M",
+        "paper_model_from": "--model", "samples": 100, **extra,
+    }  # fmt: skip
+
+
+def test_summary_average_is_the_unweighted_mean_of_the_tasks() -> None:
+    from elmbench.accuracy.summary import summary_table
+
+    records = [
+        rec("A", "acc", 20.0, 30.0, samples=10),
+        rec("B", "acc", 50.0, 40.0, samples=1000),
+        rec("C", "acc", 71.0, 50.0, samples=3),
+    ]
+    header, rows, notes = summary_table(records, "naive")
+    # By hand: (20 + 50 + 71) / 3 = 47.00; paper (30 + 40 + 50) / 3 = 40.00. Weighted by the
+    # sample counts the measured average would be 49.8.
+    assert header == ["", "A", "B", "C", "Average"]
+    assert rows == [
+        ["paper", "30.00", "40.00", "50.00", "40.00"],
+        ["measured", "20.00", "50.00", "71.00", "47.00"],
+        ["delta", "-10.00", "10.00", "21.00", "7.00"],
+    ]
+    assert notes == ["paper row: OpenELM-450M (chosen by --model)"]
+
+
+def test_paper_average_is_the_published_figure_of_the_whole_suite() -> None:
+    from elmbench.accuracy.summary import summary_table
+    from elmbench.cli.accuracy import load_accuracy_suite
+
+    suite = load_accuracy_suite("openllm")
+    model = "OpenELM-450M"  # published average 41.50; the mean of its rounded task values 41.49
+    records = [
+        rec(t.label, metric, t.published[model] + 1.0, t.published[model],
+            metric_known=t.metric_known)
+        for t in suite.tasks
+        for metric in t.metrics
+    ]  # fmt: skip
+    _, rows, _ = summary_table(records, "naive", suite)
+    assert rows[0][0] == "paper" and rows[0][-1] == "41.50"
+    measured = next(r for r in rows if r[0] == "measured (acc*)")
+    assert measured[-1] == "42.49"  # 41.494 + 1
+    assert next(r for r in rows if r[0] == "delta (acc*)")[-1] == "0.99"  # 42.494 - 41.50
+    # A subset of the tasks: the paper's figure no longer applies, the row's mean does.
+    subset = [r for r in records if r["label"] != "MMLU"]
+    _, rows, _ = summary_table(subset, "naive", suite)
+    want = sum(t.published[model] for t in suite.tasks if t.label != "MMLU") / 4
+    assert rows[0][-1] == f"{want:.2f}"
+
+
+def test_summary_notes_unknown_metric_and_crows_pairs_inference() -> None:
+    from elmbench.accuracy.summary import summary_table
+
+    records = [
+        rec("ARC-c", "acc", 25.0, 27.56, metric_known=False),
+        rec("ARC-c", "acc_norm", 28.0, 27.56, metric_known=False),
+        rec("CrowS-Pairs", "pct_stereotype", 60.0, 66.0),
+        rec("MMLU", "acc", 26.0, 26.01, subjects=57, subjects_total=57),
+    ]
+    header, rows, notes = summary_table(records, "naive")
+    assert header == ["", "ARC-c*", "CrowS-Pairs", "MMLU", "Average"]  # all 57: no count
+    assert [r[0] for r in rows] == [
+        "paper", "measured (acc*)", "delta (acc*)", "measured (acc_norm*)", "delta (acc_norm*)",
+    ]  # fmt: skip
+    assert rows[3][1:] == ["28.00", "60.00", "26.00", f"{(28 + 60 + 26) / 3:.2f}"]
+    assert notes == [
+        "* the paper's choice between acc and acc_norm is not published in a readable form: "
+        "measured rows show acc and acc_norm for these tasks, each with its average",
+        "CrowS-Pairs is compared as pct_stereotype x 100 (an inference from the published values, "
+        "not a stated fact); lower is less biased",
+        "paper row: OpenELM-450M (chosen by --model)",
+    ]
+
+
+def test_norm_variants_that_differ_beyond_the_standard_error_disagree(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from elmbench.accuracy.summary import norms_agree
+    from elmbench.cli.accuracy import _report, load_accuracy_suite
+
+    speed = {"shots": 0, "requests": 8, "forwards": 2}
+    records = [
+        rec("BoolQ", "acc", 60.0, None, norm="naive", stderr_pct=1.0, **speed),
+        rec("BoolQ", "acc", 63.0, None, norm="fused", stderr_pct=1.5, **speed),
+        rec("PIQA", "acc", 55.0, None, norm="naive", stderr_pct=2.0, **speed),
+        rec("PIQA", "acc", 55.5, None, norm="fused", stderr_pct=2.0, **speed),
+    ]
+    assert norms_agree(records) == (False, 3.0, ["fused", "naive"])  # 3 points > 1.5
+    assert norms_agree(records[2:]) == (True, 0.5, ["fused", "naive"])
+    _report(records, load_accuracy_suite("zero_shot"), "markdown", Path("run"))
+    assert (
+        "norm variants fused, naive DISAGREE: largest gap 3.00 points (beyond the tasks' "
+        "standard errors)"
+    ) in capsys.readouterr().out

@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from elmbench.config import PRESETS, ElmConfig, get_config, make_divisible, preset_names
+from elmbench.config import (
+    PRESETS,
+    ElmConfig,
+    architecture,
+    architecture_difference,
+    get_config,
+    make_divisible,
+    matching_presets,
+    preset_names,
+)
 from elmbench.errors import CheckpointError, ConfigError, UnknownNameError
 
 
@@ -279,6 +288,45 @@ def test_from_hf_with_two_entry_multipliers_computes_lists(size: str) -> None:
     assert list(back.num_kv_heads) == PUBLISHED[size]["n_kv"]
     assert list(back.ffn_dims) == PUBLISHED[size]["ffn"]
     assert back.num_params == PUBLISHED[size]["params_hf"]
+
+
+def _released_config_json(size: str, two_entry: bool) -> dict[str, Any]:
+    """A config.json as a release writes it: no elmbench name, transformers' keys, through JSON;
+    `two_entry`: CoreNet-style multiplier ranges instead of the expanded per-layer lists."""
+    data = get_config(size).to_hf()
+    del data["elmbench_name"]
+    data.update(transformers_version="4.39.3", use_cache=True, torch_dtype="bfloat16")
+    if two_entry:
+        data["ffn_multipliers"] = [0.5, 4.0]
+        del data["num_query_heads"], data["num_kv_heads"]
+    return dict(json.loads(json.dumps(data)))
+
+
+@pytest.mark.parametrize("two_entry", [False, True], ids=["per-layer", "two-entry"])
+@pytest.mark.parametrize("size", SIZES)
+def test_a_checkpoint_config_matches_its_model_and_instruct_twin(
+    size: str, two_entry: bool
+) -> None:
+    cfg = ElmConfig.from_hf(_released_config_json(size, two_entry), name="OpenELM-folder")
+    assert cfg.official_name == ""  # a checkpoint carries no paper name: matching supplies it
+    assert [p.name for p in matching_presets(cfg)] == [size, f"{size}-instruct"]
+    assert architecture_difference(cfg, get_config(size)) == ""
+
+
+def test_architecture_is_every_field_but_the_names() -> None:
+    base = get_config("1_1b")
+    renamed = dataclasses.replace(base, name="mine", official_name="", instruct=True)
+    assert architecture(renamed) == architecture(base)
+    assert "name" not in architecture(base) and "num_layers" in architecture(base)
+    wider = dataclasses.replace(base, ffn_dims=(1280, *base.ffn_dims[1:]))
+    assert matching_presets(wider) == []
+    assert architecture_difference(wider, base).startswith("ffn_dims 1280,1280,1536,")
+    longer = dataclasses.replace(base, max_context_length=4096)
+    assert matching_presets(longer) == []
+    assert architecture_difference(longer, base) == "max_context_length 4096, not 2048"
+    corenet_vocab = base.with_vocab(32128)
+    assert architecture_difference(corenet_vocab, base) == "vocab_size 32128, not 32000"
+    assert [p.name for p in matching_presets(get_config("tiny"))] == ["tiny"]
 
 
 def _write_config(tmp_path: Path, edit: Any) -> Path:

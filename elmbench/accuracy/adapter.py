@@ -16,6 +16,7 @@ from lm_eval.api.model import TemplateLM
 
 from elmbench.accuracy.tokenizer import Tokenizer
 from elmbench.backends import Backend
+from elmbench.errors import ElmbenchError
 
 Request = tuple[Any, list[int], list[int]]
 
@@ -194,7 +195,16 @@ class ElmLM(TemplateLM):
         return out
 
     def generate_greedy(self, context: str, until: list[str], limit: int) -> str:
-        """Greedy continuation of `context`, cut before the first stop sequence."""
+        """Greedy continuation of `context`, cut before the first stop sequence.
+
+        As lm-eval's HF model: the context keeps its last `max_length - limit` tokens, so that
+        context and generation fit the model's length; a limit that leaves no room is an error.
+        """
+        if limit >= self.max_length:
+            raise ElmbenchError(
+                f"max_gen_toks {limit} leaves no room for a context: it must be less than the "
+                f"model's context length ({self.max_length})"
+            )
         ids = self.tok_encode(context)[-(self.max_length - limit) :]
         prompt = np.asarray([ids], dtype=np.int64)
         self.model.setup(1, len(ids) + limit)

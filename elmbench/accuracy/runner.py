@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from elmbench.accuracy.suites import AccuracySuite, AccuracyTask
+from elmbench.accuracy.taskdata import EVAL_SPLIT_SOURCE, LOCAL_TASKS, MMLU_SUBJECTS
 from elmbench.backends import ModelSpec
 from elmbench.errors import ElmbenchError
 
@@ -35,6 +36,7 @@ class AccuracyPlan:
     batch_size: int = 1
     allow_random: bool = False
     cache_dir: Path | None = None  # lm-eval request cache: an interrupted run continues
+    weights_name: str | None = None  # --weights as given (a path or an HF id), for the paper model
 
 
 def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
@@ -110,13 +112,16 @@ def _run_norm(
     from lm_eval.tasks import TaskManager
 
     from elmbench.accuracy.adapter import ElmLM
+    from elmbench.accuracy.papermodel import checkpoint_names, paper_model
     from elmbench.accuracy.taskdata import expand_tasks, write_overrides
     from elmbench.backends import create_backend
 
     spec = replace(plan.spec, norm=norm)
     backend = create_backend(plan.backend, spec)
     lm = (lm_class or ElmLM)(backend, tokenizer, batch_size=plan.batch_size)
-    paper_name = getattr(backend.config, "official_name", "")
+    paper = paper_model(
+        backend.config, spec.model, checkpoint_names(plan.weights_name, spec.weights)
+    )
     identity = weights_identity(spec.weights, spec.seed)
     common = {
         "backend": plan.backend,
@@ -124,7 +129,8 @@ def _run_norm(
         "dtype": spec.dtype,
         "norm": norm,
         "model": backend.config.name,
-        "paper_model": paper_name,
+        "paper_model": paper.name,
+        "paper_model_from": paper.source,
         **identity,
         "tokenizer": tokenizer.identity,
         "lm_eval_version": lm_eval.__version__,
@@ -168,12 +174,7 @@ def _run_norm(
             continue
         for task in group:
             yield from _task_records(
-                task,
-                names[task.task],
-                result,
-                shots,
-                common,
-                few_shot_from_eval_split=plan.data_dir is not None,
+                task, names[task.task], result, shots, common, offline=plan.data_dir is not None
             )
 
 
@@ -183,7 +184,7 @@ def _task_records(
     result: dict[str, Any],
     shots: int,
     common: Record,
-    few_shot_from_eval_split: bool,
+    offline: bool,
 ) -> Iterable[Record]:
     rows = [(result["results"][s], result["n-samples"][s]["effective"]) for s in subtasks]
     total = sum(n for _, n in rows)
@@ -218,7 +219,22 @@ def _task_records(
             "metric_note": task.metric_note,
             "published_pct": published,
             "delta_pct": None if published is None else value_pct - published,
-            "few_shot_source": "evaluation split (no train split offline)"
-            if (shots and few_shot_from_eval_split and not task.task.startswith("mmlu"))
-            else "stock lm-eval split",
+            "few_shot_source": _few_shot_source(task, shots, offline),
+            **_subjects(task, subtasks),
         }
+
+
+def _few_shot_source(task: AccuracyTask, shots: int, offline: bool) -> str:
+    """Where the few-shot examples came from: the stock split, or the evaluation split offline."""
+    local = LOCAL_TASKS.get(task.task)
+    if shots and offline and local is not None and local.few_shot_from_eval_split:
+        return EVAL_SPLIT_SOURCE
+    return "stock lm-eval split"
+
+
+def _subjects(task: AccuracyTask, subtasks: list[str]) -> Record:
+    """For MMLU: how many of its subjects were evaluated (a data folder may hold only some)."""
+    if task.task != "mmlu":
+        return {}
+    done = MMLU_SUBJECTS if subtasks == ["mmlu"] else len(subtasks)  # ["mmlu"]: the whole group
+    return {"subjects": done, "subjects_total": MMLU_SUBJECTS}

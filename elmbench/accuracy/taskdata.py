@@ -14,6 +14,8 @@ from pathlib import Path
 from elmbench.errors import ElmbenchError
 
 DATA_ENV = "ELMBENCH_DATA"
+EVAL_SPLIT_SOURCE = "evaluation split (no train split offline)"  # few_shot_source of records
+MMLU_SUBJECTS = 57  # the subjects of lm-eval's `mmlu` group, which the published value covers
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,14 @@ class LocalTask:
     stock_yaml: str  # relative to lm_eval/tasks
     files: dict[str, str]  # split -> path relative to the data dir
     splits: dict[str, str | None]  # training/validation/test/fewshot split overrides
+    # The stock task draws few-shot examples from a training split that the local data lacks,
+    # so offline they come from the evaluation split (lm-eval leaves the current document out).
+    few_shot_from_eval_split: bool = False
 
 
-def _eval_split(stock: str, split: str, path: str, test_null: bool = False) -> LocalTask:
+def _eval_split(
+    stock: str, split: str, path: str, test_null: bool = False, stock_train: bool = True
+) -> LocalTask:
     splits: dict[str, str | None] = {"training_split": None}
     if split == "test":
         splits.update(validation_split=None, test_split="test")
@@ -33,7 +40,7 @@ def _eval_split(stock: str, split: str, path: str, test_null: bool = False) -> L
         splits["validation_split"] = split
         if test_null:
             splits["test_split"] = None
-    return LocalTask(stock, {split: path}, splits)
+    return LocalTask(stock, {split: path}, splits, few_shot_from_eval_split=stock_train)
 
 
 LOCAL_TASKS: dict[str, LocalTask] = {
@@ -49,12 +56,14 @@ LOCAL_TASKS: dict[str, LocalTask] = {
         "validation",
         "truthfulqa_mc/validation.jsonl",
         test_null=True,
+        stock_train=False,
     ),
     "truthfulqa_mc2": _eval_split(
         "truthfulqa/truthfulqa_mc2.yaml",
         "validation",
         "truthfulqa_mc/validation.jsonl",
         test_null=True,
+        stock_train=False,
     ),
     "crows_pairs_english": LocalTask(
         "crows_pairs/crows_pairs_english.yaml",

@@ -183,7 +183,7 @@ def _report(records: list[Record], suite: AccuracySuite, fmt: str, run_dir: Path
     from elmbench.accuracy.summary import norms_agree, summary_table
 
     norms = list(dict.fromkeys(r["norm"] for r in records))
-    summaries = {norm: summary_table(records, norm) for norm in norms}  # (header, rows, notes)
+    summaries = {n: summary_table(records, n, suite) for n in norms}  # (header, rows, notes)
     agreement = []
     if len(norms) > 1:
         agree, gap, names = norms_agree(records)
@@ -299,6 +299,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     and the evaluation speed. Progress goes to stderr. Under `accelerate launch` the evaluation is
     data-parallel and rank 0 writes the records.
     """
+    from elmbench.accuracy.papermodel import checkpoint_config, paper_model
     from elmbench.accuracy.runner import AccuracyPlan, init_data_parallel, run_accuracy
     from elmbench.accuracy.taskdata import data_dir
     from elmbench.accuracy.tokenizer import load_tokenizer
@@ -321,6 +322,9 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     weights = weights_path(opts["weights"])
     if weights is None and opts["model"] is None:
         opts["model"] = "270m"
+    checkpoint = checkpoint_config(weights)
+    if checkpoint is not None:  # a --model that is not the checkpoint is refused here, not later
+        paper_model(checkpoint, opts["model"])
     data = data_dir(opts["data_dir"])
     check_task_data(tasks, data)
     tokenizer = load_tokenizer(opts["tokenizer"])
@@ -353,6 +357,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
         limit=opts["limit"],
         batch_size=opts["batch_size"],
         allow_random=opts["allow_random"],
+        weights_name=opts["weights"],
     )
 
     world = init_data_parallel()
