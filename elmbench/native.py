@@ -23,16 +23,29 @@ def cache_dir() -> Path:
 
 
 def compile_library(
-    source: str, compiler: str, flags: list[str], out: Path, libs: tuple[str, ...] = ("-lm",)
+    source: str,
+    compiler: str,
+    flags: list[str],
+    out: Path,
+    libs: tuple[str, ...] = ("-lm",),
+    suffix: str = ".c",
 ) -> None:
-    """Build C `source` into the shared library `out` (libraries to link after the source)."""
+    """Build `source` (C, or C++ with suffix ".cpp") into the shared library `out` (libraries to
+    link after the source)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "source.c"
+        src = Path(tmp) / f"source{suffix}"
         src.write_text(source)
         lib = Path(tmp) / out.name
         cmd = [compiler, *flags, "-shared", "-fPIC", str(src), "-o", str(lib), *libs]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
-            raise KernelUnavailable(done.stderr.strip().splitlines()[-1] if done.stderr else "")
+            raise KernelUnavailable(_first_error(done.stderr))
         os.replace(lib, out)  # atomic: concurrent builders never load a half-written file
+
+
+def _first_error(stderr: str) -> str:
+    """The compiler's first error line (a C++ build prints pages after it), else its last line."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if "error" in line]
+    return (errors or lines or ["the compiler failed without a message"])[0 if errors else -1]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,43 @@ def test_no_compiler_falls_back_to_stock_kernels(
         assert backend.generate(prompt, 3).shape == (1, 3)
     finally:
         cpu_kernels.load_kernels.cache_clear()
+
+
+@needs_kernel
+def test_ops_have_a_cpu_implementation_that_checks_its_inputs() -> None:
+    facts = cpu_kernels.load_kernels().describe()
+    assert "ops: C++" in facts or "ops: Python" in facts
+    x, w = torch.randn(2, 1, 40), torch.randn(24, 40)
+    np.testing.assert_allclose(
+        torch.ops.elmbench.gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4
+    )
+    with pytest.raises(RuntimeError, match="elmbench::gemv"):
+        torch.ops.elmbench.gemv(torch.randn(1, 39), w)  # K does not match
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.elmbench.gemv(x.double(), w.double())
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 9, 16)
+    pos = torch.tensor([8])
+    np.testing.assert_allclose(
+        torch.ops.elmbench.attend(q, k, k, pos), _sdpa(q, k, k, pos), rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(RuntimeError, match="whole groups"):
+        torch.ops.elmbench.attend(torch.randn(1, 3, 1, 16), k, k, pos)
+
+
+@needs_kernel
+def test_ops_fall_back_to_python_without_a_cxx_compiler(tmp_path: Path) -> None:
+    # Registration happens once a process, so the fallback is seen in a fresh one.
+    script = (
+        "import torch, torch.nn.functional as F\n"
+        "from elmbench.models import cpu_kernels\n"
+        "facts = cpu_kernels.load_kernels().describe()\n"
+        "x, w = torch.randn(1, 40), torch.randn(24, 40)\n"
+        "assert torch.allclose(cpu_kernels.gemv(x, w), F.linear(x, w), atol=1e-4)\n"
+        "print(facts)\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "ELMBENCH_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ops: Python (the C++ binding did not build" in done.stdout

@@ -1,7 +1,8 @@
 """The torch backend: OpenELM (or a comparison model) in PyTorch on CPU, CUDA or Apple MPS.
 
 On the CPU in fp32, OpenELM's few-row linears go through a streaming GEMV kernel where a timed
-probe at setup finds it faster (`elmbench.models.cpu_layout`); `describe()` records the choices.
+probe at setup finds it faster (`elmbench.models.cpu_layout`); on the CPU every model's weights go
+into transparent huge pages (`elmbench.hugepages`). `describe()` records both.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class TorchBackend(Backend):
                 spec.crop_vocab,
             )
         self.config = self.model.config
+        self.huge_pages = self._huge_pages()
         self.layout, self.layout_note = self._cpu_layout()
         self.steps = compile_steps(self.model, spec.compile)
         self.positions: list[torch.Tensor] = []  # one tensor per position, kept across setups
@@ -105,6 +107,14 @@ class TorchBackend(Backend):
             name, spec.norm, torch_dtype(spec.dtype), self.device, spec.seed
         )
         self.source = WeightsSource("random", seed=spec.seed)
+
+    def _huge_pages(self) -> dict[str, Any] | None:
+        """On the CPU, the weights in transparent huge pages where the OS offers them."""
+        if self.device.type != "cpu":
+            return None
+        from elmbench import hugepages
+
+        return hugepages.move_parameters(self.model)
 
     def _cpu_layout(self) -> tuple[Any, str]:
         """The streaming-GEMV layout where it applies (OpenELM, fp32, CPU), else why not."""
@@ -212,6 +222,7 @@ class TorchBackend(Backend):
             "compile_details": self.steps.details,
             "cpu_layout": self.layout.describe() if self.layout is not None else None,
             "cpu_layout_note": self.layout_note,
+            "huge_pages": self.huge_pages,
         }
         facts["num_norms"] = self.config.num_norms
         native = getattr(self.config, "native_norm", None)

@@ -1,12 +1,14 @@
 """elmbench's CPU decode kernels (`cpu_kernels.c`): built once per machine, called from torch.
 
 Two kernels, both fp32 and for a few rows at a time (decode): `elm_gemv_f32`, a matrix-vector
-product that streams four weight rows per step on every thread, and `elm_attend_f32`, attention of
-a few query rows over the KV cache that reads only its filled part, split over threads by chunks of
-keys. They are built with the system C compiler (`$CC`, else `cc`) and cached on disk
-(`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`); without a compiler
-`KernelUnavailable` says why and the stock torch kernels run instead. Each is also a torch custom
-op (`elmbench::gemv`, `elmbench::attend`), so `torch.compile` graphs call it as one opaque node.
+product in which each thread streams its own contiguous range of weight rows, and
+`elm_attend_f32`, attention of a few query rows over the KV cache that reads only its filled part,
+split over threads by chunks of keys. They are built with the system C compiler (`$CC`, else `cc`)
+and cached on disk (`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`); without a
+compiler `KernelUnavailable` says why and the stock torch kernels run instead. Each is also a
+torch op (`elmbench::gemv`, `elmbench::attend`), so `torch.compile` graphs call it as one opaque
+node; the ops' CPU implementations are a small C++ binding (`cpu_ops.cpp`, built with `$CXX`, else
+`c++`, against torch's headers), or Python where that does not build.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,21 +39,22 @@ _FLAG_SETS = (
 
 @dataclass(frozen=True)
 class CpuKernels:
-    """The built kernels and how they were built."""
+    """The built kernels, how they were built, and what implements the torch ops."""
 
     gemv: Any  # ctypes function elm_gemv_f32
     attend: Any  # ctypes function elm_attend_f32
     library: str
     flags: tuple[str, ...]
+    ops: str = ""
 
     def describe(self) -> str:
         """How the kernels were compiled, for records."""
-        return f"elm_gemv_f32, elm_attend_f32 ({' '.join(self.flags)})"
+        return f"elm_gemv_f32, elm_attend_f32 ({' '.join(self.flags)}); ops: {self.ops}"
 
 
-def kernel_source() -> str:
-    """The C source shipped with elmbench."""
-    return resources.files("elmbench.models").joinpath("cpu_kernels.c").read_text()
+def kernel_source(name: str = "cpu_kernels.c") -> str:
+    """A kernel source file shipped with elmbench."""
+    return resources.files("elmbench.models").joinpath(name).read_text()
 
 
 def _bind(lib: ctypes.CDLL) -> tuple[Any, Any]:
@@ -81,8 +85,46 @@ def load_kernels() -> CpuKernels:
         except (OSError, AttributeError, subprocess.SubprocessError, KernelUnavailable) as exc:
             errors.append(f"{compiler} {' '.join(flags)}: {exc}")
             continue
-        return CpuKernels(gemv_fn, attend_fn, str(path), (compiler, *flags))
+        ops = _register_ops(str(path))
+        return CpuKernels(gemv_fn, attend_fn, str(path), (compiler, *flags), ops)
     raise KernelUnavailable("; ".join(errors))
+
+
+def _build_ops(library: str) -> Path:
+    """Build (cached on disk) the C++ binding of the ops, linked to the kernel `library`."""
+    compiler = os.environ.get("CXX", "c++")
+    root = Path(torch.__file__).parent
+    flags = [
+        "-O2",
+        "-std=c++20",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{root / 'include'}",
+    ]
+    libs = (f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-lc10", "-ltorch_cpu", library)
+    source = kernel_source("cpu_ops.cpp")
+    key = "\0".join([source, compiler, *flags, *libs, torch.__version__])
+    path = cache_dir() / f"elm_ops-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    if not path.exists():
+        compile_library(source, compiler, flags, path, libs, suffix=".cpp")
+    return path
+
+
+_ops_implementation: list[str] = []  # set once a process: a kernel is registered only once
+
+
+def _register_ops(library: str) -> str:
+    """Give `elmbench::gemv` and `elmbench::attend` their CPU implementations (once a process):
+    the C++ binding where it builds (about 2 us a call), else Python (about 10 us)."""
+    if not _ops_implementation:
+        try:
+            path = _build_ops(library)
+            torch.ops.load_library(str(path))
+            _ops_implementation.append(f"C++ ({path.name})")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _LIBRARY.impl("gemv", lambda x, weight: gemv_eager(x, weight.contiguous()), "CPU")
+            _LIBRARY.impl("attend", attend_eager, "CPU")
+            _ops_implementation.append(f"Python (the C++ binding did not build: {exc})")
+    return _ops_implementation[0]
 
 
 def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -128,14 +170,12 @@ def attend_eager(
     return out
 
 
-# The kernels as opaque ops for torch.compile graphs, registered with the dispatcher directly: a
-# CPU kernel costs ~11 us a call here against ~16 us through `torch.library.custom_op`'s wrapper
-# (81 calls a token at 270M). Inference only: no autograd formula.
+# The kernels as opaque ops for torch.compile graphs, defined with the dispatcher directly; their
+# CPU implementations are registered by `load_kernels` (81 calls a token at 270M, so the cost of
+# a call counts). Inference only: no autograd formula.
 _LIBRARY = torch.library.Library("elmbench", "DEF")
 _LIBRARY.define("gemv(Tensor x, Tensor weight) -> Tensor")
 _LIBRARY.define("attend(Tensor q, Tensor k, Tensor v, Tensor pos) -> Tensor")
-_LIBRARY.impl("gemv", lambda x, weight: gemv_eager(x, weight.contiguous()), "CPU")
-_LIBRARY.impl("attend", attend_eager, "CPU")
 
 
 @torch.library.register_fake("elmbench::gemv")
@@ -151,14 +191,10 @@ def _attend_fake(
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The GEMV kernel: direct in eager (no dispatcher round trip), the custom op under compile."""
-    if torch.compiler.is_compiling():
-        return torch.ops.elmbench.gemv(x, weight)
-    return gemv_eager(x, weight)
+    """The GEMV kernel as the op `elmbench::gemv` (after `load_kernels`), eager or compiled."""
+    return torch.ops.elmbench.gemv(x, weight)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The attention kernel: direct in eager, the custom op under compile."""
-    if torch.compiler.is_compiling():
-        return torch.ops.elmbench.attend(q, k, v, pos)
-    return attend_eager(q, k, v, pos)
+    """The attention kernel as the op `elmbench::attend` (after `load_kernels`)."""
+    return torch.ops.elmbench.attend(q, k, v, pos)
