@@ -35,7 +35,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(tokenizer: Path, world: int) -> list[list[object] | None]:
+def _launch(argv: list[str], world: int) -> list[tuple[str, str]]:
+    """Start `argv` as `world` ranks the way torchrun / accelerate launch do; (stdout, stderr)."""
     port = _free_port()
     procs = []
     for rank in range(world):
@@ -50,17 +51,20 @@ def _run(tokenizer: Path, world: int) -> list[list[object] | None]:
             )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", SCRIPT, str(tokenizer), str(DATA)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
-    results: list[list[object] | None] = []
+    outputs = []
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
+        outputs.append((out, err))
+    return outputs
+
+
+def _run(tokenizer: Path, world: int) -> list[list[object] | None]:
+    results: list[list[object] | None] = []
+    for out, _ in _launch([sys.executable, "-c", SCRIPT, str(tokenizer), str(DATA)], world):
         lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
         results.append(json.loads(lines[0][7:]) if lines else None)
     return results
@@ -72,3 +76,32 @@ def test_two_process_run_equals_single_process(sp_model: Path) -> None:
     rank0, rank1 = _run(sp_model, 2)
     assert single and rank0 == single  # same values and sample counts (6 per task, gathered)
     assert rank1 == []  # other ranks write nothing
+
+
+def _cli_values(out: Path) -> tuple[Path, list[tuple[object, ...]]]:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]  # one run folder, whatever the world size
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    return run, sorted((r["label"], r["metric"], r["value"], r["samples"]) for r in records)
+
+
+@pytest.mark.slow
+def test_cli_under_two_ranks_writes_one_run_equal_to_one_process(
+    sp_model: Path, tmp_path: Path
+) -> None:
+    def argv(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "elmbench", "accuracy", "--model", "tiny", "--allow-random",
+            "--tokenizer", str(sp_model), "--data-dir", str(DATA), "--suite", "llm360",
+            "--tasks", "PIQA,TruthfulQA", "--limit", "6", "--batch-size", "4",
+            "--out", str(out), "--format", "json",
+        ]  # fmt: skip
+
+    ((single_out, _),) = _launch(argv(tmp_path / "one"), 1)
+    (rank0_out, _), (rank1_out, _) = _launch(argv(tmp_path / "two"), 2)
+    _, single = _cli_values(tmp_path / "one")
+    run, both = _cli_values(tmp_path / "two")
+    assert both == single  # gathered over both ranks: the same values and sample counts
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert json.loads(rank0_out)["run_dir"] == str(run)  # rank 0 reports
+    assert rank1_out.strip() == ""  # the other rank prints and writes nothing
+    assert json.loads(single_out)["records"]

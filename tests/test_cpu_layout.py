@@ -168,9 +168,7 @@ def test_ops_have_a_cpu_implementation_that_checks_its_inputs() -> None:
     facts = cpu_kernels.load_kernels().describe()
     assert "ops: C++" in facts or "ops: Python" in facts
     x, w = torch.randn(2, 1, 40), torch.randn(24, 40)
-    np.testing.assert_allclose(
-        torch.ops.elmbench.gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4
-    )
+    np.testing.assert_allclose(torch.ops.elmbench.gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError, match="elmbench::gemv"):
         torch.ops.elmbench.gemv(torch.randn(1, 39), w)  # K does not match
     with pytest.raises(RuntimeError, match="float32"):

@@ -68,9 +68,13 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
     if mode == "none":
         return Steps(mode, prefill, decode, {"compile": "none (eager)"})
     if mode == "inductor":
-        options = decode_options()
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        options = decode_options(cpp_wrapper=on_cpu)
         decode_kind = "fullgraph, static shapes"
-        decode_kind += ", guards on inputs and global state only" if options else ""
+        decode_kind += (
+            ", guards on inputs and global state only" if "guard_filter_fn" in options else ""
+        )
+        decode_kind += ", C++ wrapper" if options.get("cpp_wrapper") else ""
         return Steps(
             mode,
             torch.compile(prefill),
@@ -105,11 +109,16 @@ def input_guards_only(guard_entries: list[Any]) -> list[bool]:
     ]
 
 
-def decode_options() -> dict[str, Any]:
-    """torch.compile options for decode (guard filters need torch 2.8 or newer)."""
-    if not hasattr(torch.compiler, "keep_tensor_guards_unsafe"):
-        return {}
-    return {"guard_filter_fn": input_guards_only}
+def decode_options(cpp_wrapper: bool = False) -> dict[str, Any]:
+    """torch.compile options for decode (guard filters need torch 2.8 or newer).
+
+    `cpp_wrapper` (used on the CPU) has inductor call the step's ~150 kernels and ops from C++
+    instead of a Python function: 2.5% faster decode at 270M here, at the same compile time.
+    """
+    options: dict[str, Any] = {"cpp_wrapper": True} if cpp_wrapper else {}
+    if hasattr(torch.compiler, "keep_tensor_guards_unsafe"):
+        options["guard_filter_fn"] = input_guards_only
+    return options
 
 
 def mark_cache_static(model: nn.Module) -> None:
