@@ -92,3 +92,24 @@ def test_probe_buffers_are_in_huge_pages_and_say_so() -> None:
     result = measure_read_bandwidth(size_mib=8, repeats=1, backend="torch", threads=1)
     assert result.huge_pages and "in huge pages" in result.method
     assert result.to_record()["membw_huge_pages"] is True
+
+
+@needs_thp
+def test_a_second_model_in_a_process_is_resident_once() -> None:
+    """The originals are handed back to the OS after the move (glibc would keep them)."""
+    import gc
+    import re
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
+
+    cfg = replace(get_config("tiny"), vocab_size=65536)  # a 16 MiB embedding
+    sizes = []
+    for _ in range(3):
+        model = OpenELM(cfg)
+        hugepages.move_parameters(model)
+        sizes.append(rss_mib())
+        del model
+        gc.collect()
+    assert sizes[2] - sizes[1] < 8 and sizes[1] - sizes[0] < 8, sizes
