@@ -31,6 +31,22 @@ def test_gemv_matches_linear(rows: int, n: int, k: int) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 37, 19), (1, 96, 1280), (5, 64, 130)])
+def test_bf16_gemv_is_fp32_arithmetic_on_bf16_weights(rows: int, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    exact = F.linear(x.float(), w.float())  # bf16 widens to fp32 exactly
+    out = cpu_kernels.gemv_eager(x, w)
+    assert out.dtype == torch.bfloat16
+    # the only rounding beyond fp32 sums is the result's, to bf16: half an ulp (2^-8 relative)
+    np.testing.assert_allclose(out.float(), exact, rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(torch.ops.elmbench.gemv(x, w).float(), out.float(), rtol=0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.elmbench.gemv(x.float(), w)
+
+
+@needs_kernel
 def test_gemv_inside_torch_compile_matches_linear() -> None:
     x, w = torch.randn(1, 40), torch.randn(24, 40)
     compiled = torch.compile(lambda a, b: cpu_kernels.gemv(a, b) * 2.0, fullgraph=True)
@@ -129,6 +145,27 @@ def test_laid_out_model_matches_the_stock_model() -> None:
 
 
 @needs_kernel
+def test_laid_out_bf16_model_matches_the_stock_bf16_model() -> None:
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    stock = OpenELM(cfg).eval().bfloat16()
+    laid_out = OpenELM(cfg).eval().bfloat16()
+    laid_out.load_state_dict(stock.state_dict())
+    layout = cpu_layout.apply_cpu_layout(laid_out)
+    _kernel_everywhere(layout, 1)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for model in (stock, laid_out):
+            model.setup_cache(1, 8)
+        step = stock.prefill(tokens).argmax(-1)
+        laid_out.prefill(tokens)
+        ref, out = stock.decode(step, 6).float(), laid_out.decode(step, 6).float()
+    # bf16 activations round at every layer, differently in F.linear and the kernel's fp32 sums
+    np.testing.assert_allclose(out, ref, atol=0.05 * ref.abs().max().item())
+    assert (out.argmax(-1) == ref.argmax(-1)).all()
+
+
+@needs_kernel
 def test_probe_records_a_choice_per_kind_and_skips_many_rows() -> None:
     torch.manual_seed(0)
     layout = cpu_layout.apply_cpu_layout(OpenELM(get_config("tiny")).eval())
@@ -140,8 +177,8 @@ def test_probe_records_a_choice_per_kind_and_skips_many_rows() -> None:
 
 
 def test_backend_records_when_the_layout_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    bf16 = create_backend("torch", ModelSpec(model="tiny", dtype="bfloat16")).describe()
-    assert bf16["cpu_layout"] is None and "dtype bfloat16" in bf16["cpu_layout_note"]
+    fp16 = create_backend("torch", ModelSpec(model="tiny", dtype="float16")).describe()
+    assert fp16["cpu_layout"] is None and "dtype float16" in fp16["cpu_layout_note"]
     monkeypatch.setenv("ELMBENCH_GEMV", "off")
     off = create_backend("torch", ModelSpec(model="tiny")).describe()
     assert off["cpu_layout"] is None and "ELMBENCH_GEMV" in off["cpu_layout_note"]
@@ -171,7 +208,7 @@ def test_ops_have_a_cpu_implementation_that_checks_its_inputs() -> None:
     np.testing.assert_allclose(torch.ops.elmbench.gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError, match="elmbench::gemv"):
         torch.ops.elmbench.gemv(torch.randn(1, 39), w)  # K does not match
-    with pytest.raises(RuntimeError, match="float32"):
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         torch.ops.elmbench.gemv(x.double(), w.double())
     q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 9, 16)
     pos = torch.tensor([8])

@@ -1,8 +1,8 @@
 """The torch backend: OpenELM (or a comparison model) in PyTorch on CPU, CUDA or Apple MPS.
 
-On the CPU in fp32, OpenELM's few-row linears go through a streaming GEMV kernel where a timed
-probe at setup finds it faster (`elmbench.models.cpu_layout`); on the CPU every model's weights go
-into transparent huge pages (`elmbench.hugepages`). `describe()` records both.
+On the CPU in fp32 or bf16, OpenELM's few-row linears go through a streaming GEMV kernel where a
+timed probe at setup finds it faster (`elmbench.models.cpu_layout`); on the CPU every model's
+weights go into transparent huge pages (`elmbench.hugepages`). `describe()` records both.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class TorchBackend(Backend):
         return hugepages.move_parameters(self.model)
 
     def _cpu_layout(self) -> tuple[Any, str]:
-        """The streaming-GEMV layout where it applies (OpenELM, fp32, CPU), else why not."""
+        """The streaming-GEMV layout where it applies (OpenELM, fp32 or bf16, CPU), else why not."""
         from elmbench.models import cpu_kernels, cpu_layout
 
         if self.comparison:

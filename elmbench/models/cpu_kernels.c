@@ -1,5 +1,6 @@
-/* elmbench's CPU decode kernels: fp32, row-major, contiguous; built once per machine by
- * elmbench.models.cpu_kernels with the system compiler (-O3 -march=native -fopenmp).
+/* elmbench's CPU decode kernels: fp32 (the GEMV also bf16 weights), row-major, contiguous; built
+ * once per machine by elmbench.models.cpu_kernels with the system compiler (-O3 -march=native
+ * -fopenmp).
  *
  * GCC/Clang vector extensions give 8-float registers (AVX2 on x86, two NEON on arm64) without
  * intrinsics; -march=native picks the instructions. */
@@ -35,38 +36,62 @@ static float dot(const float *a, const float *b, int64_t k) {
   return s;
 }
 
-/* y[i * ldy] = w . x_i for `m` (1..ROWS_AT_ONCE) inputs x_i = x + i * k: two accumulators per
- * input keep the FMA latency hidden. */
-static void row_dots(const float *w, const float *x, float *y, int64_t k, int64_t m,
-                     int64_t ldy) {
-  vf a[ROWS_AT_ONCE][2] = {{{0}}};
-  int64_t j = 0, kv = k - k % (2 * LANES);
-  for (; j < kv; j += 2 * LANES) {
-    vf w0 = load(w + j), w1 = load(w + j + LANES);
-    for (int64_t i = 0; i < m; ++i) {
-      a[i][0] += w0 * load(x + i * k + j);
-      a[i][1] += w1 * load(x + i * k + j + LANES);
-    }
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    float s = hsum(a[i][0] + a[i][1]);
-    for (int64_t t = j; t < k; ++t) s += w[t] * x[i * k + t];
-    y[i * ldy] = s;
-  }
-}
+typedef uint16_t vh __attribute__((vector_size(16))); /* 8 bf16 */
+typedef uint32_t vu __attribute__((vector_size(32)));
 
-/* y (m, n) = x (m, k) @ w (n, k)^T */
-void elm_gemv_f32(const float *w, const float *x, float *y, int64_t n, int64_t k, int64_t m,
-                  int threads) {
-  /* Small matrices stay on one thread: waking the others costs more than it saves. */
-#pragma omp parallel for num_threads(threads) schedule(static) if (n * k >= 32768)
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t i = 0; i < m; i += ROWS_AT_ONCE) {
-      int64_t rows = m - i < ROWS_AT_ONCE ? m - i : ROWS_AT_ONCE;
-      row_dots(w + r * k, x + i * k, y + i * n + r, k, rows, n);
-    }
-  }
+/* A bf16 is the upper half of an fp32: widening is exact (a shift), so products and sums are
+ * fp32 as in the fp32 kernel; only the weights' bytes are halved. */
+static inline vf load_bf16(const uint16_t *p) {
+  vh h;
+  memcpy(&h, p, sizeof h);
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  memcpy(&f, &u, sizeof f);
+  return f;
 }
+static inline float bf16_at(const uint16_t *p, int64_t j) {
+  uint32_t u = (uint32_t)p[j] << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline float f32_at(const float *p, int64_t j) { return p[j]; }
+
+/* NAME(w, x, y, n, k, m, threads): y (m, n) = x (m, k) @ w (n, k)^T with fp32 x and y, weights of
+ * type WT read by LOAD (eight at a time) and AT (one). Per weight row and up to ROWS_AT_ONCE
+ * inputs, two accumulators per input keep the FMA latency hidden. Small matrices stay on one
+ * thread: waking the others costs more than it saves. */
+#define DEFINE_GEMV(NAME, WT, LOAD, AT)                                                         \
+  static void NAME##_rows(const WT *w, const float *x, float *y, int64_t k, int64_t m,         \
+                          int64_t ldy) {                                                        \
+    vf a[ROWS_AT_ONCE][2] = {{{0}}};                                                            \
+    int64_t j = 0, kv = k - k % (2 * LANES);                                                    \
+    for (; j < kv; j += 2 * LANES) {                                                            \
+      vf w0 = LOAD(w + j), w1 = LOAD(w + j + LANES);                                            \
+      for (int64_t i = 0; i < m; ++i) {                                                         \
+        a[i][0] += w0 * load(x + i * k + j);                                                    \
+        a[i][1] += w1 * load(x + i * k + j + LANES);                                            \
+      }                                                                                         \
+    }                                                                                           \
+    for (int64_t i = 0; i < m; ++i) {                                                           \
+      float s = hsum(a[i][0] + a[i][1]);                                                        \
+      for (int64_t t = j; t < k; ++t) s += AT(w, t) * x[i * k + t];                             \
+      y[i * ldy] = s;                                                                           \
+    }                                                                                           \
+  }                                                                                             \
+  void NAME(const WT *w, const float *x, float *y, int64_t n, int64_t k, int64_t m,            \
+            int threads) {                                                                      \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if (n * k >= 32768)")      \
+    for (int64_t r = 0; r < n; ++r) {                                                           \
+      for (int64_t i = 0; i < m; i += ROWS_AT_ONCE) {                                           \
+        int64_t rows = m - i < ROWS_AT_ONCE ? m - i : ROWS_AT_ONCE;                             \
+        NAME##_rows(w + r * k, x + i * k, y + i * n + r, k, rows, n);                           \
+      }                                                                                         \
+    }                                                                                           \
+  }
+
+DEFINE_GEMV(elm_gemv_f32, float, load, f32_at)
+DEFINE_GEMV(elm_gemv_bf16, uint16_t, load_bf16, bf16_at)
 
 /* ---- Attention of a few query rows over a KV cache -------------------------------------------
  * q, out (B, Hq, T, D); k, v (B, Hkv, S, D); Hq a multiple of Hkv (grouped-query attention).

@@ -1,7 +1,8 @@
 """elmbench's CPU decode kernels (`cpu_kernels.c`): built once per machine, called from torch.
 
-Two kernels, both fp32 and for a few rows at a time (decode): `elm_gemv_f32`, a matrix-vector
-product in which each thread streams its own contiguous range of weight rows, and
+Two kernels, for a few rows at a time (decode): `elm_gemv_f32` and `elm_gemv_bf16`, a
+matrix-vector product (fp32 or bf16 weights, fp32 arithmetic) in which each thread streams its own
+contiguous range of weight rows, and
 `elm_attend_f32`, attention of a few query rows over the KV cache that reads only its filled part,
 split over threads by chunks of keys. They are built with the system C compiler (`$CC`, else `cc`)
 and cached on disk (`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`); without a
@@ -43,13 +44,15 @@ class CpuKernels:
 
     gemv: Any  # ctypes function elm_gemv_f32
     attend: Any  # ctypes function elm_attend_f32
+    gemv_bf16: Any  # ctypes function elm_gemv_bf16
     library: str
     flags: tuple[str, ...]
     ops: str = ""
 
     def describe(self) -> str:
         """How the kernels were compiled, for records."""
-        return f"elm_gemv_f32, elm_attend_f32 ({' '.join(self.flags)}); ops: {self.ops}"
+        kernels = "elm_gemv_f32, elm_gemv_bf16, elm_attend_f32"
+        return f"{kernels} ({' '.join(self.flags)}); ops: {self.ops}"
 
 
 def kernel_source(name: str = "cpu_kernels.c") -> str:
@@ -57,15 +60,16 @@ def kernel_source(name: str = "cpu_kernels.c") -> str:
     return resources.files("elmbench.models").joinpath(name).read_text()
 
 
-def _bind(lib: ctypes.CDLL) -> tuple[Any, Any]:
+def _bind(lib: ctypes.CDLL) -> tuple[Any, Any, Any]:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    gemv = lib.elm_gemv_f32
-    gemv.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_int]
-    gemv.restype = None
+    gemvs = lib.elm_gemv_f32, lib.elm_gemv_bf16
+    for gemv in gemvs:
+        gemv.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_int]
+        gemv.restype = None
     attend = lib.elm_attend_f32
     attend.argtypes = [ptr] * 5 + [i64] * 6 + [ctypes.c_float, ctypes.c_int]
     attend.restype = ctypes.c_int
-    return gemv, attend
+    return gemvs[0], attend, gemvs[1]
 
 
 @functools.cache
@@ -81,12 +85,12 @@ def load_kernels() -> CpuKernels:
         try:
             if not path.exists():
                 compile_library(source, compiler, flags, path)
-            gemv_fn, attend_fn = _bind(ctypes.CDLL(str(path)))
+            gemv_fn, attend_fn, gemv_bf16_fn = _bind(ctypes.CDLL(str(path)))
         except (OSError, AttributeError, subprocess.SubprocessError, KernelUnavailable) as exc:
             errors.append(f"{compiler} {' '.join(flags)}: {exc}")
             continue
         ops = _register_ops(str(path))
-        return CpuKernels(gemv_fn, attend_fn, str(path), (compiler, *flags), ops)
+        return CpuKernels(gemv_fn, attend_fn, gemv_bf16_fn, str(path), (compiler, *flags), ops)
     raise KernelUnavailable("; ".join(errors))
 
 
@@ -128,15 +132,18 @@ def _register_ops(library: str) -> str:
 
 
 def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., K) @ weight (N, K)^T through the kernel (fp32, CPU, few rows)."""
-    x = x.contiguous()
+    """x (..., K) @ weight (N, K)^T through the kernel (fp32 or bf16 weights, CPU, few rows).
+
+    The arithmetic is fp32 either way; a bf16 input and result are converted at the ends.
+    """
+    kernels = load_kernels()
+    kernel = kernels.gemv_bf16 if weight.dtype == torch.bfloat16 else kernels.gemv
+    xf = x.to(torch.float32).contiguous()
     n, k = weight.shape
-    out = x.new_empty((*x.shape[:-1], n))
+    out = xf.new_empty((*x.shape[:-1], n))
     rows = x.numel() // k
-    load_kernels().gemv(
-        weight.data_ptr(), x.data_ptr(), out.data_ptr(), n, k, rows, torch.get_num_threads()
-    )
-    return out
+    kernel(weight.data_ptr(), xf.data_ptr(), out.data_ptr(), n, k, rows, torch.get_num_threads())
+    return out.to(x.dtype)
 
 
 def attend_fits(q: torch.Tensor, k: torch.Tensor) -> bool:

@@ -51,7 +51,8 @@ class ChosenLinear:
 
 
 class ChosenAttention:
-    """The attention kernel for cached steps of at most MAX_KERNEL_ROWS query rows, else SDPA."""
+    """The attention kernel for fp32 cached steps of at most MAX_KERNEL_ROWS query rows, else
+    SDPA."""
 
     def __call__(
         self,
@@ -61,7 +62,7 @@ class ChosenAttention:
         pos: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        if q.shape[2] <= MAX_KERNEL_ROWS and attend_fits(q, k):
+        if q.dtype == torch.float32 and q.shape[2] <= MAX_KERNEL_ROWS and attend_fits(q, k):
             return attend(q, k, v, pos)
         return sdpa_cached(q, k, v, pos, mask)
 
@@ -164,7 +165,7 @@ class CpuLayout:
 
 
 def applies(model: nn.Module) -> str | None:
-    """Why the layout does not apply to `model` (None when it does): fp32 on the CPU only.
+    """Why the layout does not apply to `model` (None when it does): fp32 or bf16 on the CPU.
 
     ELMBENCH_GEMV=off turns it off, for measuring the stock kernels against it.
     """
@@ -173,8 +174,8 @@ def applies(model: nn.Module) -> str | None:
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return f"device {weight.device.type} (the kernel is for the CPU)"
-    if weight.dtype != torch.float32:
-        return f"dtype {str(weight.dtype).removeprefix('torch.')} (the kernel is fp32)"
+    if weight.dtype not in (torch.float32, torch.bfloat16):
+        return f"dtype {str(weight.dtype).removeprefix('torch.')} (the kernels are fp32 and bf16)"
     return None
 
 
