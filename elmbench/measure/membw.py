@@ -100,7 +100,7 @@ def measure_read_bandwidth(
             raw.append(clock() - start)
     nbytes = elements * 4
     best = min(raw)
-    huge = backend != "numpy" and _huge_pages()
+    huge = backend != "numpy" and _huge_pages(nbytes)
     return BandwidthResult(
         gb_per_s=nbytes / best / 1e9 if best > 0 else float("inf"),
         bytes_per_repetition=nbytes,
@@ -114,10 +114,11 @@ def measure_read_bandwidth(
     )
 
 
-def _huge_pages() -> bool:
+def _huge_pages(nbytes: int) -> bool:
+    """Whether a torch buffer of `nbytes` is advised for huge pages (`hugepages.huge_empty`)."""
     from elmbench import hugepages
 
-    return hugepages.unavailable() is None
+    return nbytes >= hugepages.MIN_BYTES and hugepages.unavailable() is None
 
 
 @contextmanager
