@@ -11,6 +11,8 @@ and its roofline see the same kind of memory. `ELMBENCH_HUGEPAGES=off` turns bot
 
 from __future__ import annotations
 
+import functools
+import math
 import mmap
 import os
 import re
@@ -28,6 +30,12 @@ def unavailable() -> str | None:
     """Why huge pages are not used here (None when they are)."""
     if os.environ.get("ELMBENCH_HUGEPAGES", "").lower() in ("0", "off", "no", "false"):
         return "turned off by ELMBENCH_HUGEPAGES"
+    return _system_reason()
+
+
+@functools.cache
+def _system_reason() -> str | None:
+    """What the platform or the kernel's setting rules out (read once a process)."""
     if not hasattr(mmap, "MADV_HUGEPAGE"):
         return "madvise(MADV_HUGEPAGE) does not exist on this platform"
     try:
@@ -40,16 +48,19 @@ def unavailable() -> str | None:
     return None
 
 
+def applies(nbytes: int) -> bool:
+    """Whether `huge_empty` puts a tensor of `nbytes` in memory advised for huge pages."""
+    return nbytes >= MIN_BYTES and unavailable() is None
+
+
 def huge_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor in memory advised for huge pages (plain `torch.empty` if not)."""
     import torch
 
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if unavailable() is not None or nbytes < MIN_BYTES:
+    numel = math.prod(shape)
+    if not applies(numel * dtype.itemsize):
         return torch.empty(shape, dtype=dtype)
+    nbytes = numel * dtype.itemsize
     # Private, not shared: shared anonymous memory follows the (usually off) shmem THP setting.
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_HUGEPAGE)

@@ -37,13 +37,13 @@ def paper_model(cfg: ElmConfig, model: str | None, names: Sequence[str] = ()) ->
     matches = matching_presets(cfg)
     if model is not None:
         preset = get_config(model)
-        difference = architecture_difference(cfg, preset)
-        if difference:
-            raise ElmbenchError(
-                f"--model {model}: the checkpoint is not {preset.official_name} ({difference}); "
-                f"its architecture matches {_describe(matches)}"
-            )
-        return PaperModel(preset.official_name, BY_MODEL)
+        if preset in matches:
+            return PaperModel(preset.official_name, BY_MODEL)
+        raise ElmbenchError(
+            f"--model {model}: the checkpoint is not {preset.official_name} "
+            f"({architecture_difference(cfg, preset)}); its architecture matches "
+            f"{_describe(matches)}"
+        )
     if not matches:
         return PaperModel("", NO_MATCH)
     if any("instruct" in name.lower() for name in names):

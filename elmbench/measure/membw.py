@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from elmbench import hugepages
 from elmbench.errors import ConfigError, UnknownNameError
 
 # auto: torch when installed, else numpy; stream: elmbench's streaming GEMV kernel (needs a C
@@ -100,7 +101,7 @@ def measure_read_bandwidth(
             raw.append(clock() - start)
     nbytes = elements * 4
     best = min(raw)
-    huge = backend != "numpy" and _huge_pages(nbytes)
+    huge = backend != "numpy" and hugepages.applies(nbytes)
     return BandwidthResult(
         gb_per_s=nbytes / best / 1e9 if best > 0 else float("inf"),
         bytes_per_repetition=nbytes,
@@ -112,13 +113,6 @@ def measure_read_bandwidth(
         f"{threads} thread(s), best of {repeats} after {warmup} warm-up",
         huge_pages=huge,
     )
-
-
-def _huge_pages(nbytes: int) -> bool:
-    """Whether a torch buffer of `nbytes` is advised for huge pages (`hugepages.huge_empty`)."""
-    from elmbench import hugepages
-
-    return nbytes >= hugepages.MIN_BYTES and hugepages.unavailable() is None
 
 
 @contextmanager
@@ -139,8 +133,6 @@ def _reader(backend: str, elements: int, threads: int) -> Iterator[tuple[Callabl
     """A function that reads the whole buffer once, and its description; frees both on exit."""
     if backend in ("torch", "stream"):
         import torch
-
-        from elmbench import hugepages
 
         # In huge pages where the torch backend puts a CPU model's weights, so that decode and
         # its roofline read the same kind of memory; filled with ones, since untouched pages
