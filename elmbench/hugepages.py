@@ -91,7 +91,7 @@ def move_parameters(model: nn.Module) -> dict[str, Any]:
         home.copy_(param.data)
         param.data = home
         moved += nbytes
-    _return_freed_memory()
+    return_freed_memory()
     return {
         "used": True,
         "parameters_mib": round(moved / 2**20, 1),
@@ -99,7 +99,7 @@ def move_parameters(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the freed originals back to the OS (glibc keeps freed heap memory otherwise, and a
     second model loaded in a process would show twice its size in RSS and in peak memory)."""
     import ctypes

@@ -46,6 +46,38 @@ def test_bf16_gemv_is_fp32_arithmetic_on_bf16_weights(rows: int, n: int, k: int)
         torch.ops.elmbench.gemv(x.float(), w)
 
 
+def test_column_panels_split_long_rows_only() -> None:
+    assert cpu_kernels.panel_count(1280, 2048) == 1  # short rows stay as they are
+    assert cpu_kernels.panel_count(5120, 2048) == 4  # 1,280 columns each
+    assert cpu_kernels.panel_count(4608, 2048) == 3
+    assert cpu_kernels.panel_count(8 * 2053, 2048) == 1  # only 8-column panels would divide it
+    w = torch.arange(24.0).view(2, 12)
+    panels = cpu_kernels.to_panels(w, 3)
+    assert panels.shape == (3, 2, 4) and torch.equal(panels[1], w[:, 4:8])
+    assert torch.equal(cpu_kernels.from_panels(panels.contiguous()), w)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("rows", "n", "k", "panels"),
+    [(1, 37, 24, 3), (3, 3000, 128, 2), (8, 130, 1000, 5), (5, 700, 4096, 4)],
+)
+def test_gemv_over_column_panels_matches_linear(rows: int, n: int, k: int, panels: int) -> None:
+    # (3, 3000, 128, 2): shares of many chunks each, so threads take chunks from each other
+    gen = torch.Generator().manual_seed(k)
+    x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen)
+    laid = cpu_kernels.to_panels(w, panels).contiguous()
+    ref = F.linear(x, w)
+    for out in (cpu_kernels.gemv_eager(x, laid), torch.ops.elmbench.gemv(x, laid)):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cpu_layout.linear(x, laid), ref, rtol=1e-5, atol=1e-4)
+    exact = F.linear(x.bfloat16().float(), w.bfloat16().float())
+    out = cpu_kernels.gemv_eager(x.bfloat16(), laid.bfloat16()).float()
+    np.testing.assert_allclose(out, exact, rtol=2**-8, atol=1e-6)
+    with pytest.raises(RuntimeError, match="do not match"):
+        torch.ops.elmbench.gemv(x[:, :-8], laid)
+
+
 @needs_kernel
 def test_gemv_inside_torch_compile_matches_linear() -> None:
     x, w = torch.randn(1, 40), torch.randn(24, 40)
@@ -122,15 +154,21 @@ def _kernel_everywhere(layout: cpu_layout.CpuLayout, rows: int) -> None:
 
 
 @needs_kernel
-def test_laid_out_model_matches_the_stock_model() -> None:
+@pytest.mark.parametrize("panel_columns", [cpu_layout.PANEL_COLUMNS, 16])
+def test_laid_out_model_matches_the_stock_model(panel_columns: int) -> None:
     cfg = get_config("tiny")
     torch.manual_seed(0)
     stock = OpenELM(cfg).eval()
     laid_out = OpenELM(cfg).eval()
     laid_out.load_state_dict(stock.state_dict())
-    keys = list(stock.state_dict())
-    layout = cpu_layout.apply_cpu_layout(laid_out)
-    assert list(laid_out.state_dict()) == keys  # same parameters under the same names
+    state = stock.state_dict()
+    layout = cpu_layout.apply_cpu_layout(laid_out, panel_columns)
+    panelled = layout.describe()["column_panels"]
+    assert bool(panelled) == (panel_columns == 16)  # every tiny row is longer than 16
+    # same parameters under the same names, and the same (N, K) matrices in the state dict
+    assert laid_out.state_dict().keys() == state.keys()
+    for key, value in laid_out.state_dict().items():
+        assert torch.equal(value, state[key]), key
     assert {t.kind for t in layout.targets} == {"qkv_proj", "out_proj", "proj_1", "proj_2", "head"}
     assert layout.attention_layers == cfg.num_layers
     _kernel_everywhere(layout, 2)
@@ -142,6 +180,23 @@ def test_laid_out_model_matches_the_stock_model() -> None:
         np.testing.assert_allclose(out, ref, atol=1e-5)
         step = ref.argmax(-1)
         np.testing.assert_allclose(laid_out.decode(step, 6), stock.decode(step, 6), atol=1e-5)
+
+
+@needs_kernel
+def test_column_panels_load_a_state_dict_and_refuse_a_wrong_one() -> None:
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    laid_out = OpenELM(cfg).eval()
+    cpu_layout.apply_cpu_layout(laid_out, 16)
+    other = OpenELM(cfg).eval().state_dict()
+    laid_out.load_state_dict(other)  # (N, K) matrices go into the panels
+    for key, value in laid_out.state_dict().items():
+        assert torch.equal(value, other[key]), key
+    module = laid_out.transformer.layers[0].ffn.proj_2
+    assert module.weight.dim() == 3 and "panels=" in repr(module)
+    key = "transformer.layers.0.ffn.proj_2.weight"
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        laid_out.load_state_dict({**other, key: other[key][:, :-8]})
 
 
 @needs_kernel
@@ -228,6 +283,8 @@ def test_ops_fall_back_to_python_without_a_cxx_compiler(tmp_path: Path) -> None:
         "facts = cpu_kernels.load_kernels().describe()\n"
         "x, w = torch.randn(1, 40), torch.randn(24, 40)\n"
         "assert torch.allclose(cpu_kernels.gemv(x, w), F.linear(x, w), atol=1e-4)\n"
+        "panels = cpu_kernels.to_panels(w, 5).contiguous()\n"
+        "assert torch.allclose(cpu_kernels.gemv(x, panels), F.linear(x, w), atol=1e-4)\n"
         "print(facts)\n"
     )
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "ELMBENCH_CACHE": str(tmp_path)}

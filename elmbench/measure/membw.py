@@ -23,10 +23,10 @@ from elmbench import hugepages
 from elmbench.errors import ConfigError, UnknownNameError
 
 # auto: torch when installed, else numpy; stream: elmbench's streaming GEMV kernel (needs a C
-# compiler) reading the buffer as a (rows, 4096) matrix (whole
-# rows: a MiB holds 64 of them).
+# compiler) reading the buffer as a (rows, 2048) matrix: whole rows (a MiB holds 128 of them), as
+# long as decode reads them without splitting into column panels (cpu_layout.PANEL_COLUMNS).
 PROBE_BACKENDS = ("auto", "torch", "numpy", "stream")
-STREAM_ROW = 4096
+STREAM_ROW = 2048
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def _bind(lib: ctypes.CDLL) -> tuple[Any, Any, Any]:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     gemvs = lib.elm_gemv_f32, lib.elm_gemv_bf16
     for gemv in gemvs:
-        gemv.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_int]
+        gemv.argtypes = [ptr] * 3 + [i64] * 4 + [ctypes.c_int]
         gemv.restype = None
     attend = lib.elm_attend_f32
     attend.argtypes = [ptr] * 5 + [i64] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -125,25 +125,55 @@ def _register_ops(library: str) -> str:
             torch.ops.load_library(str(path))
             _ops_implementation.append(f"C++ ({path.name})")
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _LIBRARY.impl("gemv", lambda x, weight: gemv_eager(x, weight.contiguous()), "CPU")
+            _LIBRARY.impl("gemv", gemv_eager, "CPU")
             _LIBRARY.impl("attend", attend_eager, "CPU")
             _ops_implementation.append(f"Python (the C++ binding did not build: {exc})")
     return _ops_implementation[0]
 
 
 def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., K) @ weight (N, K)^T through the kernel (fp32 or bf16 weights, CPU, few rows).
+    """x (..., K) @ weight^T through the kernel (fp32 or bf16 weights, CPU, few rows).
 
-    The arithmetic is fp32 either way; a bf16 input and result are converted at the ends.
+    `weight` is (N, K), or (P, N, K / P): column panels (`to_panels`). The arithmetic is fp32
+    either way; a bf16 input and result are converted at the ends.
     """
     kernels = load_kernels()
     kernel = kernels.gemv_bf16 if weight.dtype == torch.bfloat16 else kernels.gemv
     xf = x.to(torch.float32).contiguous()
-    n, k = weight.shape
+    panels = weight.shape[0] if weight.dim() == 3 else 1
+    n, k = weight.shape[-2], weight.shape[-1] * panels
+    if x.shape[-1] != k:
+        raise ValueError(f"gemv: x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
+    weight = weight.contiguous()
     out = xf.new_empty((*x.shape[:-1], n))
     rows = x.numel() // k
-    kernel(weight.data_ptr(), xf.data_ptr(), out.data_ptr(), n, k, rows, torch.get_num_threads())
+    ptrs = (weight.data_ptr(), xf.data_ptr(), out.data_ptr())
+    kernel(*ptrs, n, k, rows, panels, torch.get_num_threads())
     return out.to(x.dtype)
+
+
+def panel_count(k: int, widest: int) -> int:
+    """The fewest equal column panels of at most `widest` columns, each a multiple of 8 and at
+    least an eighth of `widest` wide; 1 when the rows are short enough or no such split exists."""
+    if k <= widest:
+        return 1
+    for panels in range(2, k // max(8, widest // 8) + 1):
+        width, rest = divmod(k, panels)
+        if rest == 0 and width <= widest and width % 8 == 0:
+            return panels
+    return 1
+
+
+def to_panels(weight: torch.Tensor, panels: int) -> torch.Tensor:
+    """(N, K) as (P, N, K / P), each column panel contiguous (a view when P is 1)."""
+    n, k = weight.shape
+    return weight.view(n, panels, k // panels).transpose(0, 1)
+
+
+def from_panels(panels: torch.Tensor) -> torch.Tensor:
+    """(P, N, K / P) column panels back as the (N, K) matrix (a copy unless P is 1)."""
+    p, n, width = panels.shape
+    return panels.transpose(0, 1).reshape(n, p * width)
 
 
 def attend_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -187,7 +217,7 @@ _LIBRARY.define("attend(Tensor q, Tensor k, Tensor v, Tensor pos) -> Tensor")
 
 @torch.library.register_fake("elmbench::gemv")
 def _gemv_fake(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
 
 @torch.library.register_fake("elmbench::attend")

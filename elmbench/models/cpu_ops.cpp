@@ -16,9 +16,9 @@
 
 extern "C" {
 void elm_gemv_f32(const float *w, const float *x, float *y, int64_t n, int64_t k, int64_t m,
-                  int threads);
+                  int64_t panels, int threads);
 void elm_gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t n, int64_t k, int64_t m,
-                   int threads);
+                   int64_t panels, int threads);
 int elm_attend_f32(const float *q, const float *k, const float *v, float *out, const int64_t *pos,
                    int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t S, int64_t D,
                    float scale, int threads);
@@ -31,7 +31,8 @@ void check_float_cpu(const at::Tensor &t, const char *name) {
               ": needs float32 CPU tensors, got ", t.scalar_type(), " on ", t.device());
 }
 
-// x (..., K) @ weight (N, K)^T, fp32 or bf16 (x and weight alike); fp32 arithmetic either way
+// x (..., K) @ weight^T, fp32 or bf16 (x and weight alike); fp32 arithmetic either way. The
+// weight is (N, K), or (P, N, K / P): P column panels, each contiguous.
 at::Tensor gemv(const at::Tensor &x, const at::Tensor &weight) {
   bool bf16 = weight.scalar_type() == at::kBFloat16;
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() &&
@@ -39,22 +40,24 @@ at::Tensor gemv(const at::Tensor &x, const at::Tensor &weight) {
                   (bf16 || weight.scalar_type() == at::kFloat),
               "elmbench::gemv: needs float32 or bfloat16 CPU tensors of one dtype, got ",
               x.scalar_type(), " and ", weight.scalar_type(), " on ", x.device());
-  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
-              "elmbench::gemv: x (..., K) and weight (N, K) do not match: ", x.sizes(), " and ",
-              weight.sizes());
+  int64_t panels = weight.dim() == 3 ? weight.size(0) : 1;
+  TORCH_CHECK((weight.dim() == 2 || weight.dim() == 3) && x.dim() >= 1 &&
+                  x.size(-1) == panels * weight.size(-1),
+              "elmbench::gemv: x (..., K) and weight (N, K) or (P, N, K / P) do not match: ",
+              x.sizes(), " and ", weight.sizes());
   at::Tensor xc = x.to(at::kFloat).contiguous(), wc = weight.contiguous();
   std::vector<int64_t> sizes = xc.sizes().vec();
-  sizes.back() = wc.size(0);
+  sizes.back() = wc.size(-2);
   at::Tensor out = at::empty(sizes, xc.options());
-  int64_t n = wc.size(0), k = wc.size(1), rows = k == 0 ? 0 : xc.numel() / k;
+  int64_t n = wc.size(-2), k = xc.size(-1), rows = k == 0 ? 0 : xc.numel() / k;
   if (bf16) {
     const auto *w = reinterpret_cast<const uint16_t *>(wc.data_ptr<at::BFloat16>());
-    elm_gemv_bf16(w, xc.data_ptr<float>(), out.data_ptr<float>(), n, k, rows,
+    elm_gemv_bf16(w, xc.data_ptr<float>(), out.data_ptr<float>(), n, k, rows, panels,
                   at::get_num_threads());
     return out.to(at::kBFloat16);
   }
   elm_gemv_f32(wc.data_ptr<float>(), xc.data_ptr<float>(), out.data_ptr<float>(), n, k, rows,
-               at::get_num_threads());
+               panels, at::get_num_threads());
   return out;
 }
 
