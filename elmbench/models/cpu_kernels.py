@@ -1,8 +1,8 @@
 """elmbench's CPU decode kernels (`cpu_kernels.c`): built once per machine, called from torch.
 
 Two kernels, for a few rows at a time (decode): `elm_gemv_f32` and `elm_gemv_bf16`, a
-matrix-vector product (fp32 or bf16 weights, fp32 arithmetic) in which each thread streams its own
-contiguous range of weight rows, and
+matrix-vector product (fp32 or bf16 weights, fp32 arithmetic; long rows stored as column panels)
+in which each thread streams its own contiguous range of weight rows, and
 `elm_attend_f32`, attention of a few query rows over the KV cache that reads only its filled part,
 split over threads by chunks of keys. They are built with the system C compiler (`$CC`, else `cc`)
 and cached on disk (`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`); without a

@@ -2,16 +2,16 @@
 
 Decode on a CPU reads every weight once per token, so it runs at the speed of matrix-vector
 products. BLAS sgemv/sgemm with one row (MKL on this class of machine) leaves much of the memory
-bandwidth unused; a plain C kernel that walks contiguous blocks of four weight rows on every thread
-streams at close to the read roofline. Like the weight prepacking of inference engines, this is
-decided once per model and batch size: a short timed probe keeps, for each kind of matrix,
-whichever of the kernel and `F.linear` is faster.
+bandwidth unused; a plain C kernel in which each thread streams its own contiguous range of weight
+rows (taking chunks of another's when it runs out) reads at close to the read roofline. Like the
+weight prepacking of inference engines, this is decided once per model and batch size: a short
+timed probe keeps, for each kind of matrix, whichever of the kernel and `F.linear` is faster.
 
 Row-major weights already stream, so short rows are not repacked. Rows longer than
 `PANEL_COLUMNS` (the FFN-down matrices of the larger layers, up to 5,120 columns at 270M) are: the
 kernel rereads the input row from L1 for every weight row, and a long weight row pushes it out.
 Such a matrix is stored as column panels (P, N, K / P), each panel contiguous and its rows short
-enough for the input's share to stay in L1; this read 1.2-1.6x faster here. The parameter keeps
+enough for the input's share to stay in L1; this read 1.3-1.7x faster here. The parameter keeps
 its name and object, its state dict stays (N, K), and longer steps (prefill) run `F.linear` per
 panel, so the weights are not held twice.
 
