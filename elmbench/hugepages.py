@@ -71,6 +71,11 @@ def huge_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return flat.view(shape)
 
 
+def huge_copy(value: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of the CPU tensor `value` in memory advised for huge pages."""
+    return huge_empty(tuple(value.shape), value.dtype).copy_(value)
+
+
 def _address(region: mmap.mmap) -> int:
     import ctypes
 
@@ -87,9 +92,7 @@ def move_parameters(model: nn.Module) -> dict[str, Any]:
         nbytes = param.numel() * param.element_size()
         if param.device.type != "cpu" or nbytes < MIN_BYTES:
             continue
-        home = huge_empty(tuple(param.shape), param.dtype)
-        home.copy_(param.data)
-        param.data = home
+        param.data = huge_copy(param.data)
         moved += nbytes
     return_freed_memory()
     return {

@@ -1,6 +1,6 @@
-/* elmbench's CPU decode kernels: fp32 (the GEMV also bf16 weights), row-major, contiguous; built
- * once per machine by elmbench.models.cpu_kernels with the system compiler (-O3 -march=native
- * -fopenmp).
+/* elmbench's CPU decode kernels: fp32 (the GEMV also bf16 weights), contiguous (the GEMV's weights
+ * row-major, or as column panels); built once per machine by elmbench.models.cpu_kernels with the
+ * system compiler (-O3 -march=native -fopenmp).
  *
  * GCC/Clang vector extensions give 8-float registers (AVX2 on x86, two NEON on arm64) without
  * intrinsics; -march=native picks the instructions. */
@@ -85,13 +85,14 @@ static inline float f32_at(const float *p, int64_t j) { return p[j]; }
 /* Up to `most` rows of `share`, from its front or its back: their count (0: none left) and the
  * first of them in *first. */
 static int64_t claim(_Atomic uint64_t *share, int64_t most, int front, int64_t *first) {
-  uint64_t s = atomic_load(share), f, b, take;
+  uint64_t s = atomic_load(share), f, b, take, rest;
   do {
     f = s >> 32;
     b = s & 0xffffffffu;
     if (f >= b) return 0;
     take = b - f < (uint64_t)most ? b - f : (uint64_t)most;
-  } while (!atomic_compare_exchange_weak(share, &s, front ? (f + take) << 32 | b : f << 32 | (b - take)));
+    rest = front ? (f + take) << 32 | b : f << 32 | (b - take);
+  } while (!atomic_compare_exchange_weak(share, &s, rest));
   *first = (int64_t)(front ? f : b - take);
   return (int64_t)take;
 }

@@ -140,7 +140,7 @@ def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     kernels = load_kernels()
     kernel = kernels.gemv_bf16 if weight.dtype == torch.bfloat16 else kernels.gemv
     xf = x.to(torch.float32).contiguous()
-    panels = weight.shape[0] if weight.dim() == 3 else 1
+    panels = panels_of(weight)
     n, k = weight.shape[-2], weight.shape[-1] * panels
     if x.shape[-1] != k:
         raise ValueError(f"gemv: x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
@@ -162,6 +162,11 @@ def panel_count(k: int, widest: int) -> int:
         if rest == 0 and width <= widest and width % 8 == 0:
             return panels
     return 1
+
+
+def panels_of(weight: torch.Tensor) -> int:
+    """How many column panels a GEMV weight holds: P of (P, N, K / P), 1 for an (N, K) matrix."""
+    return weight.shape[0] if weight.dim() == 3 else 1
 
 
 def to_panels(weight: torch.Tensor, panels: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ from elmbench.models.cpu_kernels import (
     gemv_eager,
     load_kernels,
     panel_count,
+    panels_of,
     to_panels,
 )
 from elmbench.models.openelm_torch import OpenELM, sdpa_cached
@@ -56,11 +57,11 @@ PANEL_COLUMNS = 2048
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`F.linear` (no bias) of an (N, K) weight, or of column panels (P, N, K / P) one by one."""
-    if weight.dim() == 2:
+    if panels_of(weight) == 1:
         return F.linear(x, weight)
     width = weight.shape[-1]
     out = F.linear(x[..., :width], weight[0])
-    for p in range(1, weight.shape[0]):
+    for p in range(1, panels_of(weight)):
         out = out + F.linear(x[..., p * width : (p + 1) * width], weight[p])
     return out
 
@@ -107,11 +108,7 @@ class StreamingLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.panels = panel_count(self.in_features, panel_columns)
         if self.panels > 1:
-            home = hugepages.huge_empty(
-                (self.panels, self.out_features, self.in_features // self.panels), weight.dtype
-            )
-            home.copy_(to_panels(weight.data, self.panels))
-            weight.data = home
+            weight.data = hugepages.huge_copy(to_panels(weight.data, self.panels))
             self.register_state_dict_post_hook(_state_as_matrix)
             self.register_load_state_dict_pre_hook(_state_as_panels)
         self.choose = ChosenLinear()
@@ -144,8 +141,12 @@ class _Target:
     choose: ChosenLinear
 
     @property
+    def panels(self) -> int:
+        return panels_of(self.weight)
+
+    @property
     def in_features(self) -> int:
-        return self.weight.shape[-1] * (self.weight.shape[0] if self.weight.dim() == 3 else 1)
+        return self.weight.shape[-1] * self.panels
 
 
 @dataclass
@@ -215,9 +216,9 @@ class CpuLayout:
             "threads": torch.get_num_threads(),
             "matrices": len(self.targets),
             "column_panels": {
-                f"{t.kind} {t.weight.shape[-2]}x{t.in_features}": t.weight.shape[0]
+                f"{t.kind} {t.weight.shape[-2]}x{t.in_features}": t.panels
                 for t in self.targets
-                if t.weight.dim() == 3
+                if t.panels > 1
             },
             "panel_columns": PANEL_COLUMNS,
             "attention": (
@@ -260,7 +261,7 @@ def apply_cpu_layout(model: nn.Module, panel_columns: int = PANEL_COLUMNS) -> Cp
             streaming = StreamingLinear(module.weight, panel_columns)
             setattr(parent, child, streaming)
             targets.append(_Target(child, streaming.weight, streaming.choose))
-    if any(t.weight.dim() == 3 for t in targets):
+    if any(t.panels > 1 for t in targets):
         hugepages.return_freed_memory()  # the row-major originals
     attention_layers = 0
     if isinstance(model, OpenELM):  # the tied head is a function of the embedding

@@ -78,9 +78,10 @@ at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
   at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   at::Tensor pc = pos.to(at::kLong).contiguous();
   at::Tensor out = at::empty_like(qc, at::MemoryFormat::Contiguous);
+  float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   int status = elm_attend_f32(qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(),
                               out.data_ptr<float>(), pc.data_ptr<int64_t>(), b, hq, hkv, t, s, d,
-                              static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))), at::get_num_threads());
+                              scale, at::get_num_threads());
   TORCH_CHECK(status != -2, "elmbench::attend: ", hq / hkv * t,
               " query rows per KV head, more than the kernel takes (MAX_ROWS in cpu_kernels.c)");
   TORCH_CHECK(status == 0, "elmbench::attend: no scratch memory (status ", status, ")");
