@@ -39,10 +39,10 @@ static inline float hsum(vf v) {
  * (P, N, K/P), each panel contiguous, and y = sum over panels of x[panel] @ w[panel]^T. */
 
 #define ROWS_AT_ONCE 4
-/* Weights a kilobyte ahead are prefetched with the non-temporal hint, so that the stream displaces
- * less of what the rest of the decode step (small kernels, dispatch, Python) keeps in cache: that
- * rest took 2.36 -> 2.02 ms a token at 270M (median of 14 alternations), the GEMV the same. */
-#define PREFETCH_AHEAD_BYTES 1024
+/* No software prefetch: the hardware's keeps up with one stream a thread. A non-temporal prefetch a
+ * kilobyte ahead (tried, to keep the stream out of the caches the rest of the step uses) capped
+ * the GEMV at about 35 GB/s: 0.55-0.75 of a C sum where the sum read 50-60 GB/s, and 0.90 against
+ * 0.97 at 37-41 GB/s; the 270M's decode step took 1.025x as long (30 alternations). */
 
 static float dot(const float *a, const float *b, int64_t k) {
   vf acc = {0};
@@ -119,7 +119,6 @@ static int64_t claim(_Atomic uint64_t *share, int64_t least, int64_t most, int f
     int64_t j = 0, kv = k - k % (2 * LANES);                                                    \
     for (; j < kv; j += 2 * LANES) {                                                            \
       vf w0 = LOAD(w + j), w1 = LOAD(w + j + LANES);                                            \
-      __builtin_prefetch((const char *)(w + j) + PREFETCH_AHEAD_BYTES, 0, 0);                   \
       for (int64_t i = 0; i < m; ++i) {                                                         \
         a[i][0] += w0 * load(x + i * ldx + j);                                                  \
         a[i][1] += w1 * load(x + i * ldx + j + LANES);                                          \
