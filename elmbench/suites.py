@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 KINDS = ("throughput", "norms")
-COMPILE_MODES = ("none", "inductor", "cudagraphs", "mx.compile")
+COMPILE_MODES = ("none", "inductor", "cudagraphs", "aoti", "mx.compile")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

@@ -1,4 +1,5 @@
-"""Compile modes: torch.compile (inductor) and mx.compile match eager; the rest are clear errors."""
+"""Compile modes: torch.compile (inductor), AOTInductor and mx.compile match eager; the rest are
+clear errors."""
 
 from __future__ import annotations
 
@@ -20,6 +21,42 @@ def test_inductor_decode_generates_what_eager_does() -> None:
     assert facts["compile_details"]["decode"].startswith("fullgraph, static shapes")
     # Decode guards only its inputs: a new batch size (a new cache) is a new graph, not reuse.
     np.testing.assert_array_equal(compiled.generate(PROMPT[:1], 4), eager.generate(PROMPT[:1], 4))
+
+
+def test_aoti_decode_generates_what_eager_does_on_the_models_own_cache() -> None:
+    eager = create_backend("torch", ModelSpec(model="tiny", seed=3))
+    aoti = create_backend("torch", ModelSpec(model="tiny", seed=3, compile="aoti"))
+    np.testing.assert_array_equal(aoti.generate(PROMPT, 4), eager.generate(PROMPT, 4))
+    assert aoti.describe()["compile_details"]["decode"].startswith("AOTInductor")
+    # The library writes the model's own KV cache (user-managed constants, not a copy): the
+    # decode steps' positions 7..9 hold exactly what eager decode wrote there.
+    caches = [b.model.transformer.layers[0].attn.cache for b in (aoti, eager)]
+    assert caches[0].k[:, :, 7:10].abs().sum() > 0
+    np.testing.assert_allclose(caches[0].k[:, :, 7:10], caches[1].k[:, :, 7:10], atol=1e-5)
+    # setup() for another batch size replaces the cache: the step is built again for it.
+    np.testing.assert_array_equal(aoti.generate(PROMPT[:1], 3), eager.generate(PROMPT[:1], 3))
+
+
+def test_aoti_frees_the_model_with_the_backend_and_runs_bf16() -> None:
+    import gc
+    import weakref
+
+    eager = create_backend("torch", ModelSpec(model="tiny", seed=3, dtype="bf16"))
+    aoti = create_backend("torch", ModelSpec(model="tiny", seed=3, dtype="bf16", compile="aoti"))
+    np.testing.assert_array_equal(aoti.generate(PROMPT, 3), eager.generate(PROMPT, 3))
+    weight = weakref.ref(next(aoti.model.parameters()))
+    del aoti
+    gc.collect()
+    assert weight() is None  # the library kept no reference to the weights
+
+
+def test_aoti_off_the_cpu_is_a_clear_error() -> None:
+    import torch
+
+    from elmbench.backends.torch_compile import check_compile_mode
+
+    with pytest.raises(UnavailableError, match="AOTInductor on the CPU only"):
+        check_compile_mode("aoti", torch.device("cuda"))
 
 
 def test_decode_guard_filter_keeps_inputs_and_drops_parameters() -> None:

@@ -82,7 +82,7 @@ def test_comparison_models_run_eager_beside_compiled_openelm() -> None:
     [
         ({"norms": ("apex",)}, UnavailableError, "apex is not installed"),
         ({"compile": ("cudagraphs",)}, UnavailableError, "CUDA graphs need a CUDA device"),
-        ({"compile": ("mx.compile",)}, ConfigError, "allowed here: cudagraphs, inductor, none"),
+        ({"compile": ("mx.compile",)}, ConfigError, "allowed here: aoti, cudagraphs, inductor"),
         ({"models": ("olmo-1b",), "backend": "mlx"}, UnavailableError, "torch backend only"),
         ({"models": ("olmo-1b",), "compile": ("inductor",)}, UnavailableError, "eager only"),
         ({"device": "m2max", "backend": None}, UnavailableError, "mlx-cpu"),

@@ -29,7 +29,9 @@ class ModelSpec:
     quantize: int | None = None  # MLX only: 4 or 8 bits on load
     group_size: int = 64
     crop_vocab: bool = True
-    compile: str = "none"  # torch: none | inductor | cudagraphs (CUDA); mlx: none | mx.compile
+    compile: str = (
+        "none"  # torch: none | inductor | cudagraphs (CUDA) | aoti; mlx: none | mx.compile
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for records and subprocess jobs."""
@@ -131,6 +133,7 @@ COMPILE_MODES: dict[str, dict[str, str]] = {
         "none": "eager PyTorch",
         "inductor": "torch.compile (inductor): decode fullgraph with a tensor position; prefill",
         "cudagraphs": "inductor with CUDA graphs (mode 'reduce-overhead') for decode; CUDA only",
+        "aoti": "AOTInductor (CPU): decode compiled ahead of time to C++; prefill inductor",
     },
     "mlx": {
         "none": "eager MLX (lazy graphs, evaluated per step)",

@@ -134,6 +134,7 @@ class TorchBackend(Backend):
     def setup(self, batch_size: int, max_seq_len: int) -> None:
         """Allocate the static KV cache; probe the CPU layout for this batch size (once)."""
         self.model.setup_cache(batch_size, max_seq_len)
+        self.steps.reset()
         if self.layout is not None:
             self.layout.prepare(batch_size)
         if self.spec.compile == "cudagraphs":

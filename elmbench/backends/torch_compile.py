@@ -1,4 +1,4 @@
-"""Compile modes of the torch backend: eager, torch.compile (inductor), and CUDA graphs.
+"""Compile modes of the torch backend: eager, torch.compile (inductor), AOTInductor, CUDA graphs.
 
 Decode is compiled whole (fullgraph) with the position as a tensor, so one graph serves every
 step of a shape; the first calls compile, which the throughput protocol counts as warm-up.
@@ -40,6 +40,12 @@ def check_compile_mode(mode: str, device: torch.device) -> None:
             f"CUDA graphs need a CUDA device, not '{device.type}'",
             "On this device use --compile none or --compile inductor",
         )
+    if mode == "aoti" and device.type != "cpu":
+        raise UnavailableError(
+            "--compile aoti",
+            f"elmbench runs AOTInductor on the CPU only, not on '{device.type}'",
+            "On this device use --compile none or --compile inductor",
+        )
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Steps:
     prefill: TokenStep
     decode: DecodeStep  # (tokens (B, 1), position (1,) tensor on the model's device)
     details: dict[str, Any] = field(default_factory=dict)
+    reset: Callable[[], None] = lambda: None  # after setup replaced the KV-cache buffers
 
 
 def compile_steps(model: nn.Module, mode: str) -> Steps:
@@ -80,6 +87,14 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
             torch.compile(prefill),
             torch.compile(decode, fullgraph=True, dynamic=False, options=options),
             {"compile": "inductor", "decode": decode_kind, "prefill": "default"},
+        )
+    if mode == "aoti":
+        from elmbench.backends.torch_aoti import AotiDecode
+
+        aoti = AotiDecode(model)
+        details = {"compile": "aoti", "decode": "AOTInductor, on the model's own weights and cache"}
+        return Steps(
+            mode, torch.compile(prefill), aoti, {**details, "prefill": "inductor"}, aoti.reset
         )
     graphed = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 

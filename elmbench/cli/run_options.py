@@ -146,7 +146,7 @@ _MEASURE_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {
             "multiple": True,
             "metavar": "MODES",
-            "help": "none, inductor, cudagraphs (torch on CUDA), mx.compile (MLX).",
+            "help": "none, inductor, cudagraphs (torch, CUDA), aoti (torch, CPU), mx.compile (MLX)",
         },
     ),
     (("--warmup",), {"type": int, "help": "Warm-up runs per case (not measured)."}),
