@@ -9,7 +9,8 @@ filled. At 270M on this project's 2-core CPU a decode step took 0.97-0.98x as lo
 `torch.compile` (three alternating comparisons of 20-100 windows of 12 tokens).
 
 The first call of each token shape exports and compiles (about 15 s at 270M), which the throughput
-protocol counts as warm-up; `reset` (after new KV-cache buffers) drops what was built.
+protocol counts as warm-up; `reset` (after new KV-cache buffers) drops what was built. CPU only:
+the constants are handed over as non-owning aliases made through numpy (see `_unowned`).
 """
 
 from __future__ import annotations
