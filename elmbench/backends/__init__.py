@@ -29,9 +29,7 @@ class ModelSpec:
     quantize: int | None = None  # MLX only: 4 or 8 bits on load
     group_size: int = 64
     crop_vocab: bool = True
-    compile: str = (
-        "none"  # torch: none | inductor | cudagraphs (CUDA) | aoti; mlx: none | mx.compile
-    )
+    compile: str = "none"  # one of COMPILE_MODES[backend]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for records and subprocess jobs."""

@@ -42,17 +42,16 @@ class AotiDecode:
 
     def __init__(self, model: nn.Module) -> None:
         self.step = _DecodeStep(model)
-        self.runners: dict[tuple[Any, ...], Any] = {}
+        self.runners: dict[tuple[int, ...], Any] = {}  # by token shape (long, on the CPU)
 
     def reset(self) -> None:
         """Forget the built libraries: they point at buffers that setup has just replaced."""
         self.runners.clear()
 
     def __call__(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        key = (tuple(tokens.shape), tokens.dtype, tokens.device)
-        runner = self.runners.get(key)
+        runner = self.runners.get(tuple(tokens.shape))
         if runner is None:
-            runner = self.runners[key] = self._build(tokens, position)
+            runner = self.runners[tuple(tokens.shape)] = self._build(tokens, position)
         (out,) = runner.loader.boxed_run([tokens, position])
         return out
 

@@ -23,6 +23,13 @@ TokenStep = Callable[[torch.Tensor], torch.Tensor]
 DecodeStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# The modes that run on one kind of device only: that device type, and why.
+_DEVICE_OF_MODE = {
+    "cudagraphs": ("cuda", "CUDA graphs need a CUDA device"),
+    "aoti": ("cpu", "elmbench runs AOTInductor on the CPU only"),
+}
+
+
 def check_compile_mode(mode: str, device: torch.device) -> None:
     """A torch compile mode that runs on `device`, or a clear error naming what is allowed."""
     allowed = ", ".join(TORCH_COMPILE_MODES)
@@ -34,16 +41,11 @@ def check_compile_mode(mode: str, device: torch.device) -> None:
         )
     if mode not in TORCH_COMPILE_MODES:
         raise UnknownNameError("torch compile mode", mode, TORCH_COMPILE_MODES)
-    if mode == "cudagraphs" and device.type != "cuda":
+    needs = _DEVICE_OF_MODE.get(mode)
+    if needs is not None and device.type != needs[0]:
         raise UnavailableError(
-            "--compile cudagraphs",
-            f"CUDA graphs need a CUDA device, not '{device.type}'",
-            "On this device use --compile none or --compile inductor",
-        )
-    if mode == "aoti" and device.type != "cpu":
-        raise UnavailableError(
-            "--compile aoti",
-            f"elmbench runs AOTInductor on the CPU only, not on '{device.type}'",
+            f"--compile {mode}",
+            f"{needs[1]}, not '{device.type}'",
             "On this device use --compile none or --compile inductor",
         )
 
@@ -92,10 +94,12 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
         from elmbench.backends.torch_aoti import AotiDecode
 
         aoti = AotiDecode(model)
-        details = {"compile": "aoti", "decode": "AOTInductor, on the model's own weights and cache"}
-        return Steps(
-            mode, torch.compile(prefill), aoti, {**details, "prefill": "inductor"}, aoti.reset
-        )
+        details = {
+            "compile": "aoti",
+            "decode": "AOTInductor, on the model's own weights and cache",
+            "prefill": "inductor",
+        }
+        return Steps(mode, torch.compile(prefill), aoti, details, aoti.reset)
     graphed = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
     def decode_graphed(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

@@ -57,11 +57,12 @@ PANEL_COLUMNS = 2048
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`F.linear` (no bias) of an (N, K) weight, or of column panels (P, N, K / P) one by one."""
-    if panels_of(weight) == 1:
+    panels = panels_of(weight)
+    if panels == 1:
         return F.linear(x, weight)
     width = weight.shape[-1]
     out = F.linear(x[..., :width], weight[0])
-    for p in range(1, panels_of(weight)):
+    for p in range(1, panels):
         out = out + F.linear(x[..., p * width : (p + 1) * width], weight[p])
     return out
 
