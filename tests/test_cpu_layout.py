@@ -98,7 +98,8 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) 
         (2, 12, 3, 3, 100, 64, 40),  # batch and several query rows, each with its own end
         (1, 4, 4, 1, 7, 16, 0),  # position 0: a single visible key
         (3, 8, 2, 2, 300, 24, 250),  # head size not a multiple of 8
-        (1, 6, 2, 8, 70, 40, 62),  # the last rows end in the second chunk
+        (1, 6, 2, 8, 200, 40, 124),  # the last rows end in the second chunk of 128 keys
+        (1, 10, 2, 1, 300, 72, 299),  # five rows (a pair twice and one alone), D = 64 + 8
     ],
 )
 def test_attention_kernel_matches_sdpa(
@@ -118,12 +119,12 @@ def test_attention_kernel_matches_sdpa(
 
 @needs_kernel
 def test_attention_kernel_rows_ending_chunks_apart() -> None:
-    # row 0 ends in the first chunk of keys, row 1 three chunks later: chunks past a row's end
-    # hold nothing of it (and must not write outside the kernel's buffers)
+    # row 0 ends in the first chunk of keys, row 1 three chunks (of 128) later: chunks past a
+    # row's end hold nothing of it (and must not write outside the kernel's buffers)
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(2, 8, 2, 32, generator=gen)
-    k, v = (torch.randn(2, 4, 300, 32, generator=gen) for _ in range(2))
-    pos = torch.tensor([10, 250])
+    k, v = (torch.randn(2, 4, 500, 32, generator=gen) for _ in range(2))
+    pos = torch.tensor([10, 450])
     for _ in range(3):
         np.testing.assert_allclose(
             cpu_kernels.attend_eager(q, k, v, pos), _sdpa(q, k, v, pos), rtol=1e-5, atol=1e-5

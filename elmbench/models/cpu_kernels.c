@@ -183,20 +183,26 @@ DEFINE_GEMV(elm_gemv_bf16, uint16_t, load_bf16, bf16_at)
  * keeps, per query row of its group, a running max, the sum of exponentials and the weighted sum
  * of V rows; a second pass merges the chunks. Every thread gets work even with few KV heads. */
 
-#define CHUNK 64
+#define CHUNK 128 /* keys a work item: 64 took 1-5% longer (more items to merge), about as even */
 #define MAX_ROWS 64 /* query rows per KV head (group size x rows); more go through BLAS */
 
 typedef int32_t vi __attribute__((vector_size(32)));
+
+/* a where `mask` is set (lanes -1), else b */
+static inline vf vselect(vi mask, vf a, vf b) {
+  vi ai, bi;
+  memcpy(&ai, &a, sizeof a);
+  memcpy(&bi, &b, sizeof b);
+  ai = (ai & mask) | (bi & ~mask);
+  memcpy(&a, &ai, sizeof a);
+  return a;
+}
 
 /* exp(x) for x <= 0, eight at a time: 2^n * p(r) with r = x - n ln 2, |r| <= ln2 / 2 (Cephes
  * coefficients, relative error ~2e-7 like expf); inputs below -87 give ~0. */
 static inline vf vexp(vf x) {
   const vf lo = {0}, c0 = lo + 1.0f, lim = lo - 87.0f;
-  vi low = x < lim, xi, li;  /* lanes -1 where x < -87 */
-  memcpy(&xi, &x, sizeof x);
-  memcpy(&li, &lim, sizeof x);
-  xi = (li & low) | (xi & ~low);
-  memcpy(&x, &xi, sizeof x);
+  x = vselect(x < lim, lim, x);
   /* n = round(x log2 e) for x <= 0: conversion truncates toward zero */
   vf n = -__builtin_convertvector(__builtin_convertvector(0.5f - x * 1.44269504f, vi), vf);
   vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -217,12 +223,8 @@ static inline vf vexp(vf x) {
 
 /* The dot products of one query row with eight key rows (D a multiple of 8): eight vector
  * accumulators, then a transpose-add tree instead of eight horizontal sums. */
-static inline vf dot8(const float *q, const float *k, int64_t D) {
-  vf a[8] = {{0}};
-  for (int64_t j = 0; j < D; j += LANES) {
-    vf x = load(q + j);
-    for (int i = 0; i < 8; ++i) a[i] += x * load(k + i * D + j);
-  }
+/* The eight sums of a[0..7], as one vector: a transpose-add tree instead of eight horizontal sums. */
+static inline vf sum8(const vf a[8]) {
   vf b[4], c[2];
   for (int i = 0; i < 4; ++i)
     b[i] = SHUF(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
@@ -233,26 +235,115 @@ static inline vf dot8(const float *q, const float *k, int64_t D) {
   return SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-/* One chunk of keys [s0, s1) for `rows` query rows (r = g * T + t) of one KV head. `next_k` and
- * `next_v` (or NULL) are the thread's next chunk, prefetched into L2 while this one computes: in
- * decode the cache arrives cold from memory, after the weights have streamed through the caches
- * (L2, not L1, which holds this chunk). */
+/* The dot products of NR query rows (1 or 2; q0, q1) with eight key rows (D a multiple of 8),
+ * each key vector loaded once for both rows. */
+static inline __attribute__((always_inline)) void dot8(const float *q0, const float *q1,
+                                                       const float *k, int64_t D, vf *d0, vf *d1,
+                                                       const int NR) {
+  vf a[2][8] = {{{0}}};
+  for (int64_t j = 0; j < D; j += LANES) {
+    vf x0 = load(q0 + j), x1 = load(q1 + j);
+    for (int i = 0; i < 8; ++i) {
+      vf y = load(k + i * D + j);
+      a[0][i] += x0 * y;
+      if (NR > 1) a[1][i] += x1 * y;
+    }
+  }
+  *d0 = sum8(a[0]);
+  if (NR > 1) *d1 = sum8(a[1]);
+}
+
+/* Softmax of one row's scores over a chunk, in place: the first n (of CHUNK) become exp(score - m)
+ * and the rest 0; *m is the max of the first n (-inf when n is 0), *l the sum. */
+static void softmax_row(float *score, int64_t n, float *m, float *l) {
+  const vf lanes = {0, 1, 2, 3, 4, 5, 6, 7}, ninf = (vf){0} - INFINITY;
+  vf mv = ninf, lv = {0};
+  for (int64_t i = 0; i < CHUNK; i += LANES) {  /* keys past the row's end (or the chunk's): -inf */
+    vf x = vselect(lanes + (float)i < (float)n, load(score + i), ninf);
+    memcpy(score + i, &x, sizeof x);
+    mv = vselect(mv > x, mv, x);
+  }
+  float mx = mv[0];
+  for (int j = 1; j < LANES; ++j) mx = mv[j] > mx ? mv[j] : mx;
+  for (int64_t i = 0; i < CHUNK; i += LANES) {
+    vf e = i < n ? vselect(lanes + (float)i < (float)n, vexp(load(score + i) - mx), lv - lv) : lv - lv;
+    lv += e;
+    memcpy(score + i, &e, sizeof e);
+  }
+  *m = mx;
+  *l = hsum(lv);
+}
+
+/* out rows (NR of them, 1 or 2) += e_r[i] * v[i] over keys [0, n), for NV vectors of columns from
+ * v's column j: NR * NV independent accumulators, each V row read once for both rows. */
+static inline __attribute__((always_inline)) void pv_block(const float *v, int64_t D,
+                                                           const float *e0, const float *e1,
+                                                           int64_t n, float *o0, float *o1,
+                                                           const int NR, const int NV) {
+  vf a[2][8] = {{{0}}};
+  for (int64_t i = 0; i < n; ++i) {
+    const float *vs = v + i * D;
+    vf b0 = (vf){0} + e0[i], b1 = (vf){0} + e1[i];
+    for (int c = 0; c < NV; ++c) {
+      vf x = load(vs + c * LANES);
+      a[0][c] += b0 * x;
+      if (NR > 1) a[1][c] += b1 * x;
+    }
+  }
+  for (int c = 0; c < NV; ++c) {
+    memcpy(o0 + c * LANES, &a[0][c], sizeof(vf));
+    if (NR > 1) memcpy(o1 + c * LANES, &a[1][c], sizeof(vf));
+  }
+}
+
+/* The weighted sum of V rows for rows e0 (and e1 when NR is 2) over keys [0, n), all D columns. */
+static inline __attribute__((always_inline)) void pv_rows(const float *v, int64_t D,
+                                                          const float *e0, const float *e1,
+                                                          int64_t n, float *o0, float *o1,
+                                                          const int NR) {
+  int64_t j = 0;
+  for (; j + 8 * LANES <= D; j += 8 * LANES) pv_block(v + j, D, e0, e1, n, o0 + j, o1 + j, NR, 8);
+  for (; j + LANES <= D; j += LANES) pv_block(v + j, D, e0, e1, n, o0 + j, o1 + j, NR, 1);
+  for (; j < D; ++j) {
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      a0 += e0[i] * v[i * D + j];
+      a1 += e1[i] * v[i * D + j];
+    }
+    o0[j] = a0;
+    if (NR > 1) o1[j] = a1;
+  }
+}
+
+/* One chunk of keys [s0, s1) for `rows` query rows (r = g * T + t) of one KV head: scores,
+ * softmax, then the V rows, two query rows at a time. No software prefetch: in decode the chunk
+ * arrives cold, but this work is bound by its arithmetic (as fast after a 59 MB GEMV as warm),
+ * and prefetching the thread's next chunk made it 2-5% slower. */
 static void attend_chunk(const float *q, const float *k, const float *v, const int64_t *pos,
                          float *part, int64_t rows, int64_t T, int64_t s0, int64_t s1,
-                         int64_t D, float scale, const float *next_k, const float *next_v) {
+                         int64_t D, float scale) {
   float score[MAX_ROWS][CHUNK] __attribute__((aligned(32)));
   int64_t end[MAX_ROWS];
-  for (int64_t b = 0; next_k != NULL && b < CHUNK * D; b += 16) { /* 64-byte lines */
-    __builtin_prefetch(next_k + b, 0, 2);
-    __builtin_prefetch(next_v + b, 0, 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t e = pos[r % T] + 1 < s1 ? pos[r % T] + 1 : s1;
+    end[r] = e > s0 ? e - s0 : 0;  /* keys of the chunk this row sees (0: it ends before) */
   }
-  for (int64_t r = 0; r < rows; ++r) end[r] = pos[r % T] + 1 < s1 ? pos[r % T] + 1 : s1;
   int64_t s = s0;
   if (D % LANES == 0) {  /* eight keys at a time, each block read once for every query row */
     for (; s + 8 <= s1; s += 8) {
-      for (int64_t r = 0; r < rows; ++r) {
-        vf d = dot8(q + r * D, k + s * D, D) * scale;
-        memcpy(&score[r][s - s0], &d, sizeof d);
+      int64_t r = 0;
+      vf d0, d1;
+      for (; r + 2 <= rows; r += 2) {
+        dot8(q + r * D, q + (r + 1) * D, k + s * D, D, &d0, &d1, 2);
+        d0 *= scale;
+        d1 *= scale;
+        memcpy(&score[r][s - s0], &d0, sizeof d0);
+        memcpy(&score[r + 1][s - s0], &d1, sizeof d1);
+      }
+      if (r < rows) {
+        dot8(q + r * D, q + r * D, k + s * D, D, &d0, &d0, 1);
+        d0 *= scale;
+        memcpy(&score[r][s - s0], &d0, sizeof d0);
       }
     }
   }
@@ -260,42 +351,17 @@ static void attend_chunk(const float *q, const float *k, const float *v, const i
     for (int64_t r = 0; r < rows; ++r) score[r][s - s0] = dot(q + r * D, k + s * D, D) * scale;
   }
   for (int64_t r = 0; r < rows; ++r) {
-    float *p = part + r * (D + 2), *acc = p + 2, m = -INFINITY, l = 0.0f;
-    int64_t n = end[r] > s0 ? end[r] - s0 : 0;  /* 0: this row ends before the chunk */
-    for (int64_t i = 0; i < n; ++i) m = score[r][i] > m ? score[r][i] : m;
-    for (int64_t i = n; i < CHUNK; ++i) score[r][i] = -INFINITY;
-    for (int64_t i = 0; i < CHUNK; i += LANES) {
-      vf e = n > i ? vexp(load(&score[r][i]) - m) : (vf){0};
-      for (int j = 0; j < LANES; ++j) {
-        e[j] = i + j < n ? e[j] : 0.0f;
-        l += e[j];
-      }
-      memcpy(&score[r][i], &e, sizeof e);
-    }
-    int64_t j = 0;
-    for (; j + 4 * LANES <= D; j += 4 * LANES) {  /* 32 columns at a time, in registers */
-      vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-      for (int64_t i = 0; i < n; ++i) {
-        const float *vs = v + (s0 + i) * D + j;
-        float e = score[r][i];
-        a0 += e * load(vs);
-        a1 += e * load(vs + LANES);
-        a2 += e * load(vs + 2 * LANES);
-        a3 += e * load(vs + 3 * LANES);
-      }
-      memcpy(acc + j, &a0, sizeof a0);
-      memcpy(acc + j + LANES, &a1, sizeof a1);
-      memcpy(acc + j + 2 * LANES, &a2, sizeof a2);
-      memcpy(acc + j + 3 * LANES, &a3, sizeof a3);
-    }
-    for (; j < D; ++j) {
-      float a = 0.0f;
-      for (int64_t i = 0; i < n; ++i) a += score[r][i] * v[(s0 + i) * D + j];
-      acc[j] = a;
-    }
-    p[0] = m;
-    p[1] = l;
+    float *p = part + r * (D + 2);
+    softmax_row(score[r], end[r], &p[0], &p[1]);
   }
+  const float *vc = v + s0 * D;
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    int64_t n = end[r] > end[r + 1] ? end[r] : end[r + 1];  /* zeros past the shorter row's end */
+    pv_rows(vc, D, score[r], score[r + 1], n, part + r * (D + 2) + 2,
+            part + (r + 1) * (D + 2) + 2, 2);
+  }
+  if (r < rows) pv_rows(vc, D, score[r], score[r], end[r], part + r * (D + 2) + 2, part + r * (D + 2) + 2, 1);
 }
 
 /* Returns 0; -1 when scratch memory could not be had, -2 with more than MAX_ROWS rows per head. */
@@ -316,13 +382,8 @@ int elm_attend_f32(const float *q, const float *k, const float *v, float *out, c
     for (int64_t it = 0; it < items; ++it) {
       int64_t c = it % chunks, bh = it / chunks, b = bh / Hkv, h = bh % Hkv;
       int64_t s0 = c * CHUNK, s1 = s0 + CHUNK < span ? s0 + CHUNK : span;
-      /* the chunk a static schedule gives this thread next, when it is a whole one */
-      int64_t nc = (c + 1) % chunks, nbh = c + 1 == chunks ? bh + 1 : bh;
-      int whole = nbh < B * Hkv && (nc + 1) * CHUNK <= span;
-      const float *nk = whole ? k + (nbh * S + nc * CHUNK) * D : NULL;
-      const float *nv = whole ? v + (nbh * S + nc * CHUNK) * D : NULL;
       attend_chunk(q + (b * Hq + h * G) * T * D, k + bh * S * D, v + bh * S * D, pos,
-                   part + it * rows * (D + 2), rows, T, s0, s1, D, scale, nk, nv);
+                   part + it * rows * (D + 2), rows, T, s0, s1, D, scale);
     }
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < B * Hq * T; ++o) {  /* o = (b * Hq + hq) * T + t */
