@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -93,4 +94,29 @@ at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
 TORCH_LIBRARY_IMPL(elmbench, CPU, m) {
   m.impl("gemv", &gemv);
   m.impl("attend", &attend);
+}
+
+// The ops as C shims for AOTInductor (`aot_inductor.custom_ops_to_c_shims`, named as its generated
+// code names them: aoti_torch_<device>_<op>): a compiled decode step calls these directly, not
+// through its proxy executor (arguments boxed and unboxed, the dispatcher) for each of 81 calls.
+extern "C" {
+AOTITorchError aoti_torch_cpu_gemv(AtenTensorHandle x, AtenTensorHandle weight,
+                                   AtenTensorHandle *out) {
+  using namespace torch::aot_inductor;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *out = new_tensor_handle(
+        gemv(*tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight)));
+  });
+}
+
+AOTITorchError aoti_torch_cpu_attend(AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v,
+                                     AtenTensorHandle pos, AtenTensorHandle *out) {
+  using namespace torch::aot_inductor;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *out = new_tensor_handle(attend(*tensor_handle_to_tensor_pointer(q),
+                                    *tensor_handle_to_tensor_pointer(k),
+                                    *tensor_handle_to_tensor_pointer(v),
+                                    *tensor_handle_to_tensor_pointer(pos)));
+  });
+}
 }
