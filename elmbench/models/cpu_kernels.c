@@ -183,7 +183,7 @@ DEFINE_GEMV(elm_gemv_bf16, uint16_t, load_bf16, bf16_at)
  * keeps, per query row of its group, a running max, the sum of exponentials and the weighted sum
  * of V rows; a second pass merges the chunks. Every thread gets work even with few KV heads. */
 
-#define CHUNK 128 /* keys a work item: 64 took 1-5% longer (more items to merge), about as even */
+#define CHUNK 128 /* keys a work item (64: 0.96-1.10x the time in three harness runs) */
 #define MAX_ROWS 64 /* query rows per KV head (group size x rows); more go through BLAS */
 
 typedef int32_t vi __attribute__((vector_size(32)));
@@ -221,9 +221,7 @@ static inline vf vexp(vf x) {
 
 #define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 
-/* The dot products of one query row with eight key rows (D a multiple of 8): eight vector
- * accumulators, then a transpose-add tree instead of eight horizontal sums. */
-/* The eight sums of a[0..7], as one vector: a transpose-add tree instead of eight horizontal sums. */
+/* The eight sums of a[0..7] as one vector: a transpose-add tree, not eight horizontal sums. */
 static inline vf sum8(const vf a[8]) {
   vf b[4], c[2];
   for (int i = 0; i < 4; ++i)
@@ -256,8 +254,8 @@ static inline __attribute__((always_inline)) void dot8(const float *q0, const fl
 /* Softmax of one row's scores over a chunk, in place: the first n (of CHUNK) become exp(score - m)
  * and the rest 0; *m is the max of the first n (-inf when n is 0), *l the sum. */
 static void softmax_row(float *score, int64_t n, float *m, float *l) {
-  const vf lanes = {0, 1, 2, 3, 4, 5, 6, 7}, ninf = (vf){0} - INFINITY;
-  vf mv = ninf, lv = {0};
+  const vf lanes = {0, 1, 2, 3, 4, 5, 6, 7}, zero = {0}, ninf = zero - INFINITY;
+  vf mv = ninf, lv = zero;
   for (int64_t i = 0; i < CHUNK; i += LANES) {  /* keys past the row's end (or the chunk's): -inf */
     vf x = vselect(lanes + (float)i < (float)n, load(score + i), ninf);
     memcpy(score + i, &x, sizeof x);
@@ -266,7 +264,7 @@ static void softmax_row(float *score, int64_t n, float *m, float *l) {
   float mx = mv[0];
   for (int j = 1; j < LANES; ++j) mx = mv[j] > mx ? mv[j] : mx;
   for (int64_t i = 0; i < CHUNK; i += LANES) {
-    vf e = i < n ? vselect(lanes + (float)i < (float)n, vexp(load(score + i) - mx), lv - lv) : lv - lv;
+    vf e = i < n ? vselect(lanes + (float)i < (float)n, vexp(load(score + i) - mx), zero) : zero;
     lv += e;
     memcpy(score + i, &e, sizeof e);
   }
@@ -360,11 +358,16 @@ static void attend_chunk(const float *q, const float *k, const float *v, const i
   const float *vc = v + s0 * D;
   int64_t r = 0;
   for (; r + 2 <= rows; r += 2) {
-    int64_t n = end[r] > end[r + 1] ? end[r] : end[r + 1];  /* zeros past the shorter row's end */
+    /* to the longer row's end: the shorter one's weights are 0 there, and V rows before the
+     * chunk's end are all filled (finite) */
+    int64_t n = end[r] > end[r + 1] ? end[r] : end[r + 1];
     pv_rows(vc, D, score[r], score[r + 1], n, part + r * (D + 2) + 2,
             part + (r + 1) * (D + 2) + 2, 2);
   }
-  if (r < rows) pv_rows(vc, D, score[r], score[r], end[r], part + r * (D + 2) + 2, part + r * (D + 2) + 2, 1);
+  if (r < rows) {
+    float *acc = part + r * (D + 2) + 2;
+    pv_rows(vc, D, score[r], score[r], end[r], acc, acc, 1);
+  }
 }
 
 /* Returns 0; -1 when scratch memory could not be had, -2 with more than MAX_ROWS rows per head. */
