@@ -9,7 +9,8 @@ and cached on disk (`$ELMBENCH_CACHE/kernels`, else `~/.cache/elmbench/kernels`)
 compiler `KernelUnavailable` says why and the stock torch kernels run instead. Each is also a
 torch op (`elmbench::gemv`, `elmbench::attend`), so `torch.compile` graphs call it as one opaque
 node; the ops' CPU implementations are a small C++ binding (`cpu_ops.cpp`, built with `$CXX`, else
-`c++`, against torch's headers), or Python where that does not build.
+`c++`, against torch's headers), or Python where that does not build. The C++ binding also
+defines the ops' C shims, which AOTInductor's libraries call directly (`aoti_c_shims`).
 """
 
 from __future__ import annotations
