@@ -78,8 +78,6 @@ def test_aoti_calls_the_kernels_through_their_c_shims(tmp_path: Path) -> None:
 
 
 def test_aoti_off_the_cpu_is_a_clear_error() -> None:
-    import torch
-
     from elmbench.backends.torch_compile import check_compile_mode
 
     with pytest.raises(UnavailableError, match="AOTInductor on the CPU only"):
@@ -87,9 +85,6 @@ def test_aoti_off_the_cpu_is_a_clear_error() -> None:
 
 
 def test_decode_guard_filter_keeps_inputs_and_drops_parameters() -> None:
-    import torch
-    from torch import nn
-
     from elmbench.backends.torch_compile import input_guards_only
 
     class Entry:

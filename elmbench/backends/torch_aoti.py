@@ -52,9 +52,10 @@ class AotiDecode:
         self.runners.clear()
 
     def __call__(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        runner = self.runners.get(tuple(tokens.shape))
+        shape = tuple(tokens.shape)
+        runner = self.runners.get(shape)
         if runner is None:
-            runner = self.runners[tuple(tokens.shape)] = self._build(tokens, position)
+            runner = self.runners[shape] = self._build(tokens, position)
         (out,) = runner.loader.boxed_run([tokens, position])
         return out
 

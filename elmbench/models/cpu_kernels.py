@@ -115,14 +115,14 @@ def _build_ops(library: str) -> Path:
 
 
 _ops_implementation: list[str] = []  # set once a process: a kernel is registered only once
-_CPP = "C++"
 
-# The C shims of the ops that cpu_ops.cpp also defines, as AOTInductor declares them.
+# The ops' C shims that cpu_ops.cpp also defines, by op: the symbol and its inputs.
 _C_SHIMS = {
-    "gemv": "AOTITorchError aoti_torch_cpu_gemv("
-    "AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle* out)",
-    "attend": "AOTITorchError aoti_torch_cpu_attend(AtenTensorHandle q, AtenTensorHandle k, "
-    "AtenTensorHandle v, AtenTensorHandle pos, AtenTensorHandle* out)",
+    "gemv": ("aoti_torch_cpu_gemv", "AtenTensorHandle x, AtenTensorHandle weight"),
+    "attend": (
+        "aoti_torch_cpu_attend",
+        "AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, AtenTensorHandle pos",
+    ),
 }
 
 
@@ -135,7 +135,7 @@ def _register_ops(library: str) -> str:
             # global, so that AOTInductor's libraries find the binding's C shims (aoti_c_shims)
             ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
             torch.ops.load_library(str(path))
-            _ops_implementation.append(f"{_CPP} ({path.name})")
+            _ops_implementation.append(f"C++ ({path.name})")
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             _LIBRARY.impl("gemv", gemv_eager, "CPU")
             _LIBRARY.impl("attend", attend_eager, "CPU")
@@ -144,13 +144,19 @@ def _register_ops(library: str) -> str:
 
 
 def aoti_c_shims() -> dict[Any, list[str]]:
-    """The ops' C shims, for AOTInductor's `aot_inductor.custom_ops_to_c_shims`, once the C++
-    binding is loaded (else none): its generated code then calls them directly instead of
-    through its proxy executor, which boxes every call's arguments (81 calls a token at 270M; the
-    decode step took 0.99x as long)."""
-    if not _ops_implementation or not _ops_implementation[0].startswith(_CPP):
+    """The ops' C shims, for AOTInductor's `aot_inductor.custom_ops_to_c_shims`, where the
+    process sees them (the C++ binding, loaded globally; else none): its generated code then
+    calls them directly instead of through its proxy executor, which boxes every call's
+    arguments (81 calls a token at 270M; the decode step took 0.99x as long)."""
+    process = ctypes.CDLL(None)
+    if not all(hasattr(process, symbol) for symbol, _ in _C_SHIMS.values()):
         return {}
-    return {getattr(torch.ops.elmbench, op).default: [decl] for op, decl in _C_SHIMS.items()}
+    return {
+        getattr(torch.ops.elmbench, op).default: [
+            f"AOTITorchError {symbol}({inputs}, AtenTensorHandle* out)"
+        ]
+        for op, (symbol, inputs) in _C_SHIMS.items()
+    }
 
 
 def gemv_eager(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
