@@ -142,40 +142,42 @@ def _run_norm(
     by_shots: dict[int, list[AccuracyTask]] = {}
     for task in tasks:
         by_shots.setdefault(task.shots, []).append(task)
-    include = Path(tempfile.mkdtemp(prefix="elmbench-tasks-"))
-    for shots, group in by_shots.items():
-        names = {t.task: [t.task] for t in group}
-        manager = None
-        if plan.data_dir is not None:
-            names = {t.task: expand_tasks([t.task], plan.data_dir) for t in group}
-            write_overrides([n for ns in names.values() for n in ns], plan.data_dir, include)
-            # Every task comes from the overrides: skip indexing lm-eval's ~14k stock task files.
-            manager = TaskManager(include_path=str(include), include_defaults=False)
-        cache = (
-            None
-            if plan.cache_dir is None
-            else str(plan.cache_dir / f"lm_eval_cache_{norm}_{shots}shot")
-        )
-        result = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[n for ns in names.values() for n in ns],
-            num_fewshot=shots,
-            task_manager=manager,
-            limit=plan.limit,
-            log_samples=False,
-            bootstrap_iters=1000,
-            use_cache=cache,
-            random_seed=0,
-            numpy_random_seed=0,
-            torch_random_seed=0,
-            fewshot_random_seed=0,
-        )
-        if result is None:  # a non-zero rank under data parallelism: rank 0 writes
-            continue
-        for task in group:
-            yield from _task_records(
-                task, names[task.task], result, shots, common, offline=plan.data_dir is not None
+    # lm-eval reads the task overrides from this folder; it goes when the last group is done.
+    with tempfile.TemporaryDirectory(prefix="elmbench-tasks-") as tmp:
+        include = Path(tmp)
+        for shots, group in by_shots.items():
+            names = {t.task: [t.task] for t in group}
+            manager = None
+            if plan.data_dir is not None:
+                names = {t.task: expand_tasks([t.task], plan.data_dir) for t in group}
+                write_overrides([n for ns in names.values() for n in ns], plan.data_dir, include)
+                # Every task comes from the overrides: skip indexing lm-eval's stock task files.
+                manager = TaskManager(include_path=str(include), include_defaults=False)
+            cache = (
+                None
+                if plan.cache_dir is None
+                else str(plan.cache_dir / f"lm_eval_cache_{norm}_{shots}shot")
             )
+            result = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[n for ns in names.values() for n in ns],
+                num_fewshot=shots,
+                task_manager=manager,
+                limit=plan.limit,
+                log_samples=False,
+                bootstrap_iters=1000,
+                use_cache=cache,
+                random_seed=0,
+                numpy_random_seed=0,
+                torch_random_seed=0,
+                fewshot_random_seed=0,
+            )
+            if result is None:  # a non-zero rank under data parallelism: rank 0 writes
+                continue
+            for task in group:
+                yield from _task_records(
+                    task, names[task.task], result, shots, common, offline=plan.data_dir is not None
+                )
 
 
 def _task_records(
