@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -53,7 +54,8 @@ def test_built_model_matches_its_config_and_caches(small_olmo: ComparisonConfig)
     model = build_comparison("olmo-toy", seed=0)
     assert model.num_parameters() == small_olmo.num_params
     tokens = torch.randint(0, 300, (2, 10))
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated transformers arguments
         full = model(tokens)
         model.setup_cache(2, 16)
         steps = [model.prefill(tokens[:, :6], last_only=False)]

@@ -6,6 +6,7 @@ peer of OpenELM-270M's size, run through HF's own KV cache as an external throug
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,9 @@ class HFCausalLM(nn.Module):
         self.norm_name = norm
         self.hf: Any = model
         self.cache: Any = None
+        # The cache's keyword: `cache` in newer transformers, which deprecate `past_key_values`.
+        params = inspect.signature(model.forward).parameters
+        self.cache_keyword = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, V) of a full forward without a cache."""
@@ -159,15 +163,15 @@ class HFCausalLM(nn.Module):
         """Prompt through the cache; logits of the last position."""
         out = self.hf(
             input_ids=tokens,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
+            **{self.cache_keyword: self.cache},
         )
         return out.logits
 
     def decode(self, token: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """One cached step (HF tracks positions in its cache)."""
-        out = self.hf(input_ids=token, past_key_values=self.cache, use_cache=True)
+        out = self.hf(input_ids=token, use_cache=True, **{self.cache_keyword: self.cache})
         return out.logits
 
     def num_parameters(self) -> int:
