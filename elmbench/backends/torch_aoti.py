@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ class AotiDecode:
         return out
 
     def _build(self, tokens: torch.Tensor, position: torch.Tensor) -> Any:
-        exported = torch.export.export(self.step, (tokens, position), strict=False)
-        with tempfile.TemporaryDirectory(prefix="elmbench-aoti-") as tmp:
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="elmbench-aoti-") as tmp:
+            # torch 2.13's export calls its own deprecated pytree API; nothing a user can change
+            warnings.filterwarnings("ignore", r".*LeafSpec.* is deprecated", FutureWarning)
+            exported = torch.export.export(self.step, (tokens, position), strict=False)
             package = compile_package(exported, Path(tmp) / "decode.pt2")
             runner = torch._inductor.aoti_load_package(package)
         _forget_last_trace()
