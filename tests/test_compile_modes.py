@@ -83,6 +83,29 @@ def test_aoti_calls_the_kernels_through_their_c_shims(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, F.linear(x, w) + 1.0, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(("elements", "parallel"), [(8192, False), (1 << 18, True)])
+def test_aoti_runs_decode_sized_generated_kernels_on_one_thread(
+    tmp_path: Path, elements: int, parallel: bool
+) -> None:
+    class Step(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.silu(x) * x + 1.0
+
+    x = torch.randn(1, elements)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # inductor parallelises for the threads torch has
+    try:
+        package = compile_package(torch.export.export(Step(), (x,)), tmp_path / "step.pt2")
+    finally:
+        torch.set_num_threads(saved)
+    with zipfile.ZipFile(package) as archive:
+        (source,) = [archive.read(n) for n in archive.namelist() if n.endswith(".kernel.cpp")]
+    # a decode step's few thousand elements stay on one thread; large kernels still split
+    assert (b"#pragma omp parallel" in source) is parallel
+    (out,) = torch._inductor.aoti_load_package(package).loader.boxed_run([x])
+    torch.testing.assert_close(out, F.silu(x) * x + 1.0)
+
+
 def test_aoti_off_the_cpu_is_a_clear_error() -> None:
     from elmbench.backends.torch_compile import check_compile_mode
 

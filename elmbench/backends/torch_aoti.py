@@ -7,7 +7,8 @@ that one call runs, with no Python in between. The library is built without the 
 buffers (`user_managed=True`): no copy of the weights, and the cache it writes is the one prefill
 filled. At 270M on this project's 2-core CPU a decode step took 0.97-0.98x as long as through
 `torch.compile` (three alternating comparisons of 20-100 windows of 12 tokens). elmbench's kernels
-are called through their C shims (`cpu_kernels.aoti_c_shims`), not the proxy executor: 0.99x.
+are called through their C shims (`cpu_kernels.aoti_c_shims`), not the proxy executor: 0.99x;
+the generated kernels of decode's size run on one thread (`DECODE_MIN_CHUNK`).
 
 The first call of each token shape exports and compiles (about 15 s at 270M), which the throughput
 protocol counts as warm-up; `reset` (after new KV-cache buffers) drops what was built. CPU only:
@@ -74,15 +75,25 @@ class AotiDecode:
         return runner
 
 
+# Elements each thread must get before inductor runs a generated kernel on several threads
+# (its default: 512). A decode step's norms, RoPE and activations hold a few thousand elements
+# (argmax 32,000): serial, they skip an OpenMP region each, about 50 a token at 270M, whose
+# forks and barriers cost more than the work. The time between elmbench's kernels fell from
+# 0.94-0.97 to 0.79-0.80 ms a token; the step took 0.987-0.998x as long (three processes).
+DECODE_MIN_CHUNK = 32768
+
+
 def compile_package(exported: torch.export.ExportedProgram, path: Path) -> str:
     """AOTInductor's package of an exported program, without its weights (they are handed over
-    at load), calling elmbench's kernels through their C shims where those are loaded."""
+    at load), calling elmbench's kernels through their C shims where those are loaded, and
+    running decode-sized generated kernels on one thread."""
     package: str = torch._inductor.aoti_compile_and_package(
         exported,
         package_path=str(path),
         inductor_configs={
             "aot_inductor.package_constants_in_so": False,
             "aot_inductor.custom_ops_to_c_shims": cpu_kernels.aoti_c_shims(),
+            "cpp.min_chunk_size": DECODE_MIN_CHUNK,
         },
     )
     return package
