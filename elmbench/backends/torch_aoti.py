@@ -20,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,7 @@ class AotiDecode:
         return out
 
     def _build(self, tokens: torch.Tensor, position: torch.Tensor) -> Any:
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="elmbench-aoti-") as tmp:
-            # torch 2.13's export calls its own deprecated pytree API; nothing a user can change
-            warnings.filterwarnings("ignore", r".*LeafSpec.* is deprecated", FutureWarning)
+        with _quiet_pytree(), tempfile.TemporaryDirectory(prefix="elmbench-aoti-") as tmp:
             exported = torch.export.export(self.step, (tokens, position), strict=False)
             package = compile_package(exported, Path(tmp) / "decode.pt2")
             runner = torch._inductor.aoti_load_package(package)
@@ -87,16 +87,26 @@ def compile_package(exported: torch.export.ExportedProgram, path: Path) -> str:
     """AOTInductor's package of an exported program, without its weights (they are handed over
     at load), calling elmbench's kernels through their C shims where those are loaded, and
     running decode-sized generated kernels on one thread."""
-    package: str = torch._inductor.aoti_compile_and_package(
-        exported,
-        package_path=str(path),
-        inductor_configs={
-            "aot_inductor.package_constants_in_so": False,
-            "aot_inductor.custom_ops_to_c_shims": cpu_kernels.aoti_c_shims(),
-            "cpp.min_chunk_size": DECODE_MIN_CHUNK,
-        },
-    )
+    with _quiet_pytree():
+        package: str = torch._inductor.aoti_compile_and_package(
+            exported,
+            package_path=str(path),
+            inductor_configs={
+                "aot_inductor.package_constants_in_so": False,
+                "aot_inductor.custom_ops_to_c_shims": cpu_kernels.aoti_c_shims(),
+                "cpp.min_chunk_size": DECODE_MIN_CHUNK,
+            },
+        )
     return package
+
+
+@contextmanager
+def _quiet_pytree() -> Iterator[None]:
+    """Silence the FutureWarning that torch 2.13's export and AOTInductor raise about their own
+    use of a deprecated pytree API (nothing a user can change)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*LeafSpec.* is deprecated", FutureWarning)
+        yield
 
 
 def _unowned(tensor: torch.Tensor) -> torch.Tensor:
