@@ -7,6 +7,7 @@ exactly so that per-layer head counts and FFN widths equal the released checkpoi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -428,11 +429,14 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def get_config(name: str) -> ElmConfig:
-    """The preset for a user-typed name (`1_1b`, `OpenELM-1_1B`, `apple/OpenELM-1_1B-Instruct`)."""
+def get_config(name: str, also: Iterable[str] = ()) -> ElmConfig:
+    """The preset for a user-typed name (`1_1b`, `OpenELM-1_1B`, `apple/OpenELM-1_1B-Instruct`).
+
+    `also`: other names the caller accepts (comparison models), listed in the error beside the
+    presets."""
     key = _ALIASES.get(name.strip().lower())
     if key is None:
-        raise UnknownNameError("model", name, PRESETS, _ALIASES)
+        raise UnknownNameError("model", name, [*PRESETS, *also], _ALIASES)
     return PRESETS[key]
 
 

@@ -207,7 +207,7 @@ def check_names(spec: SuiteSpec) -> None:
     for model in spec.models:
         if model not in COMPARISON_MODELS:
             try:
-                get_config(model)
+                get_config(model, also=COMPARISON_MODELS)
             except UnknownNameError as exc:
                 raise SuiteError(f"{spec.source}: key 'models': {exc}") from None
     known = {n for table in NORMS.values() for n in table} | {"all", "native"}

@@ -58,6 +58,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("repetitions: 0\n", "key 'repetitions' must be an integer >= 1"),
         ("kind: speed\n", "key 'kind' must be one of throughput, norms"),
         ("models: [270n]\n", "key 'models': unknown model '270n'. Did you mean '270m'?"),
+        ("models: [olmo-7b]\n", "Did you mean 'olmo-1b'? Valid models: 1_1b,"),  # comparisons too
         ("norms: [fusd]\n", "key 'norms': unknown norm 'fusd'. Did you mean 'fused'?"),
         ("- just\n- a list\n", "a suite is a mapping"),
         ("models: [\n", "not valid YAML"),
