@@ -199,7 +199,13 @@ def load_suite(path: str | Path) -> SuiteSpec | AccuracySuite:
 
 
 def check_names(spec: SuiteSpec) -> None:
-    """Model and norm names must exist in their registries (availability is checked at run)."""
+    """Model and norm names must exist in their registries, and the weights on disk
+    (availability on this machine is checked at run)."""
+    if spec.weights is not None and not Path(spec.weights).exists():
+        raise SuiteError(
+            f"{spec.source}: key 'weights': {spec.weights}: no such file or folder "
+            "(a checkpoint: HF folder, CoreNet .pt or MLX folder)"
+        )
     from elmbench.config import get_config
     from elmbench.models.comparison import COMPARISON_MODELS
     from elmbench.norms import NORMS

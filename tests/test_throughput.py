@@ -310,6 +310,7 @@ def test_cli_table_shows_cases_and_where_the_records_are(tmp_path: Path) -> None
         (["--device", "m2max"], "offers|mlx-cpu"),
         (["--dtype", "int8"], "dtypes from float32"),
         (["--resume", "nosuch-run"], "nosuch-run"),
+        (["--weights", "/nosuch/checkpoint"], "key 'weights': /nosuch/checkpoint: no such file"),
     ],
 )
 def test_bad_options_are_one_line_and_non_zero(args: list[str], words: str) -> None:
