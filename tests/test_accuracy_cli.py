@@ -217,7 +217,10 @@ def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_pa
         (["--allow-random", "--tokenizer", "/no/such/tokenizer.model"], ["does not exist"]),
         ([], ["accuracy needs trained weights", "--allow-random"]),
         (["--weights", "/no/such/ckpt"], ["weights path '/no/such/ckpt' does not exist"]),
-        (["--allow-random", "--tasks", "ARC-x"], ["unknown task", "ARC-x", "arc_challenge"]),
+        (
+            ["--allow-random", "--tasks", "ARC-x"],
+            ["suite 'zero_shot': unknown task 'ARC-x'", "Valid tasks: ARC-c,", "arc_challenge"],
+        ),
         (["--allow-random", "--suite", "nope"], ["unknown suite 'nope'", "zero_shot"]),
         (["--allow-random", "--suite", "smoke"], ["not an accuracy suite", "llm360"]),
         (["--allow-random", "--norm", "naive,nope"], ["unknown torch norm 'nope'"]),

@@ -56,9 +56,10 @@ class AccuracySuite:
                 return t
         from elmbench.errors import UnknownNameError
 
-        raise UnknownNameError(
-            f"task of suite '{self.name}'", label_or_name, [t.task for t in self.tasks]
-        )
+        known = [name for t in self.tasks for name in (t.label, t.task)]
+        error = UnknownNameError("task", label_or_name, known)
+        error.args = (f"suite '{self.name}': {error}",)  # the suite, then the names it has
+        raise error
 
 
 def parse_accuracy_suite(name: str, data: dict[str, Any], where: str) -> AccuracySuite:
