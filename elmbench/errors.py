@@ -16,15 +16,24 @@ class UnknownNameError(ElmbenchError):
     """A name (model, norm, device, suite, ...) that is not in its registry."""
 
     def __init__(
-        self, kind: str, name: str, valid: Iterable[str], aliases: dict[str, str] | None = None
+        self,
+        kind: str,
+        name: str,
+        valid: Iterable[str],
+        aliases: dict[str, str] | None = None,
+        where: str = "",
     ) -> None:
+        """`where`, when given, goes first: what holds the names (a suite, a file)."""
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         # Match against every accepted spelling, suggest the canonical name it belongs to.
         spellings = {v.lower(): v for v in self.valid}
         spellings.update({a.lower(): v for a, v in (aliases or {}).items()})
         close = difflib.get_close_matches(name.lower(), spellings, n=1, cutoff=0.5)
         hint = f" Did you mean '{spellings[close[0]]}'?" if close else ""
-        super().__init__(f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(self.valid)}")
+        prefix = f"{where}: " if where else ""
+        super().__init__(
+            f"{prefix}unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(self.valid)}"
+        )
 
 
 class CheckpointError(ElmbenchError):

@@ -194,13 +194,13 @@ def load_suite(path: str | Path) -> SuiteSpec | AccuracySuite:
             )
         values[key] = parse_value(key, value, where)
     spec = SuiteSpec(**values)
-    check_names(spec)
+    check_spec(spec)
     return spec
 
 
-def check_names(spec: SuiteSpec) -> None:
-    """Model and norm names must exist in their registries, and the weights on disk
-    (availability on this machine is checked at run)."""
+def check_spec(spec: SuiteSpec) -> None:
+    """What a spec names must exist: models and norms in their registries, the weights on disk
+    (whether they run on this machine is checked at run)."""
     if spec.weights is not None and not Path(spec.weights).exists():
         raise SuiteError(
             f"{spec.source}: key 'weights': {spec.weights}: no such file or folder "

@@ -57,9 +57,7 @@ class AccuracySuite:
         from elmbench.errors import UnknownNameError
 
         known = [name for t in self.tasks for name in (t.label, t.task)]
-        error = UnknownNameError("task", label_or_name, known)
-        error.args = (f"suite '{self.name}': {error}",)  # the suite, then the names it has
-        raise error
+        raise UnknownNameError("task", label_or_name, known, where=f"suite '{self.name}'")
 
 
 def parse_accuracy_suite(name: str, data: dict[str, Any], where: str) -> AccuracySuite:

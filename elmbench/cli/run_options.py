@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from elmbench.errors import ConfigError
-from elmbench.suites import SuiteSpec, check_names, load_suite, parse_value, suite_path
+from elmbench.suites import SuiteSpec, check_spec, load_suite, parse_value, suite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,7 +80,7 @@ def spec_from_options(
         if value is not None:
             overrides[key] = parse_value(key, value, f"option --{option.replace('_', '-')}")
     spec = base.with_overrides(**overrides)
-    check_names(spec)
+    check_spec(spec)
     return spec
 
 
