@@ -324,7 +324,10 @@ static inline __attribute__((always_inline)) void pv_rows(const float *v, int64_
  * softmax, then the V rows, two query rows at a time. In decode the keys arrive from L3 or memory
  * (16 layers' caches, 18 MB at 270M, do not fit L2) and the hardware's prefetcher falls behind,
  * so the score loop prefetches the key block after next itself (16 layers took 0.87-0.93x
- * as long; 8 or 24 keys ahead less so; the thread's whole next chunk up front: 1.02-1.05x). */
+ * as long; 8 or 24 keys ahead less so; the thread's whole next chunk up front: 1.02-1.05x).
+ * Into L2 (prefetcht1), not L1: between 59 MB GEMVs, 16 layers took 0.93x as long (median of
+ * eleven harness runs, 0.88-1.03x); 32 or 64 keys ahead, or the V block too, made no clear
+ * difference. */
 static void attend_chunk(const float *q, const float *k, const float *v, const int64_t *pos,
                          float *part, int64_t rows, int64_t T, int64_t s0, int64_t s1,
                          int64_t D, float scale) {
@@ -338,7 +341,7 @@ static void attend_chunk(const float *q, const float *k, const float *v, const i
   if (D % LANES == 0) {  /* eight keys at a time, each block read once for every query row */
     for (; s + 8 <= s1; s += 8) {
       for (int64_t l = 0; l < 8 * D; l += 16) /* the block after next (a prefetch never faults) */
-        __builtin_prefetch(k + (s + 16) * D + l, 0, 3);
+        __builtin_prefetch(k + (s + 16) * D + l, 0, 2);
       int64_t r = 0;
       vf d0, d1;
       for (; r + 2 <= rows; r += 2) {
