@@ -133,6 +133,10 @@ def test_records_hold_every_metric_with_raw_values_and_units(tmp_path: Path) -> 
         100 * bandwidth["value"] / meta["membw"]["membw_gb_per_s"]
     )
     assert "bracket it in time" in roofline["peak_source"]
+    wait = next(r for r in records if r["metric"] == "decode_cpu_wait_ms")
+    assert wait["status"] == "ok" and wait["unit"] == "ms"  # Linux reports run-queue waits
+    assert len(wait["raw"]) == len(wait["share_of_decode_raw_pct"]) == decode["repetitions"]
+    assert all(w >= 0 for w in wait["raw"]) and wait["value"] == statistics.median(wait["raw"])
     assert events[0] == "plan" and events.count("case") == 2 and "progress" in events
     rows = case_rows(records)
     assert [r["norm"] for r in rows] == ["naive", "fused"]

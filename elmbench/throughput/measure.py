@@ -24,6 +24,7 @@ import numpy as np
 
 from elmbench.backends import Backend, ModelSpec, create_backend
 from elmbench.backends.isolate import Job, report_progress
+from elmbench.measure import cpuwait
 from elmbench.measure.protocol import Protocol, Timer, run_protocol
 
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
@@ -82,6 +83,7 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
     protocol = protocol_of(p)
     on_call, on_repetition = _progress(job, protocol)
     tokens: list[Any] = []
+    waits: list[float | None] = []  # per call (warm-ups first): decode's thread time lost to others
 
     def once(timer: Timer) -> None:
         on_call()
@@ -89,11 +91,13 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
             tok = backend.prefill(prompt)
             backend.synchronize(tok)
         tokens[:] = [tok]
+        before = cpuwait.snapshot()
         with timer.section("decode"):
             for i in range(new - 1):
                 tok = backend.decode(tok, prompt_len + i)
                 tokens.append(tok)
             backend.synchronize(tok)
+        waits.append(cpuwait.waited_s(before))
 
     probes: list[dict[str, Any]] = []
     probed_at = [0.0]  # measured seconds when the last probe ran
@@ -133,4 +137,5 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
         "generated_head": generated[0, :16].tolist(),  # greedy tokens: a cross-run sanity check
         "describe": backend.describe(),
         "case_membw": probes,  # before, between and after the repetitions (measured rooflines)
+        "decode_cpu_wait_raw_s": waits[protocol.warmup :],  # None where not reported
     }

@@ -31,6 +31,7 @@ THROUGHPUT_METRICS = (
     "decode_roofline_pct",
     "prefill_flop_per_s",
     "prefill_mfu_pct",
+    "decode_cpu_wait_ms",
 )
 NORM_METRICS = ("norm_call_us", "norm_bandwidth_gb_per_s", "norm_roofline_pct")
 
@@ -78,6 +79,24 @@ def _scaled(factor: float, seconds: Sequence[float]) -> dict[str, Any]:
     out = _stats([s * factor for s in seconds])
     out["value"] = out["median"]
     return out
+
+
+def _cpu_wait(
+    waits: Sequence[float | None] | None, decode: Sequence[float]
+) -> dict[str, Any] | str:
+    """Decode's thread time lost to other tasks per repetition (ms), and its share of decode."""
+    if not waits or any(w is None for w in waits) or len(waits) != len(decode):
+        return "not measured: this system reports no per-thread run-queue times (Linux's schedstat)"
+    ms = [1e3 * w for w in waits if w is not None]
+    return {
+        **_stats(ms),
+        "value": statistics.median(ms),
+        "unit": "ms",
+        "share_of_decode_raw_pct": [0.1 * w / s for w, s in zip(ms, decode, strict=True)],
+        "meaning": "thread time the process's threads spent ready to run while other tasks of "
+        "this system had their CPU, summed over threads, per repetition's decode; a hypervisor's "
+        "preemption is not in it",
+    }
 
 
 def failed_record(case: Case, reason: str, context: dict[str, Any]) -> Record:
@@ -184,11 +203,13 @@ def throughput_records(
             if roofline is not None
             else f"peak memory bandwidth of '{device.profile.name}' is unknown"
         )
+        out["decode_cpu_wait_ms"] = _cpu_wait(result.get("decode_cpu_wait_raw_s"), decode)
     else:
         reason = "gen_tokens is 1: the first token comes from prefill, no decode step is timed"
         for name in ("decode_tokens_per_s", "decode_ms_per_token", "decode_bandwidth_gb_per_s"):
             out[name] = reason
         out["decode_roofline_pct"] = reason
+        out["decode_cpu_wait_ms"] = reason
     mfu = share(flops / statistics.median(prefill), peak_flops)
     out["prefill_mfu_pct"] = (
         {"value": 100 * mfu, "unit": "%", "peak_flop_per_s": peak_flops}

@@ -1,0 +1,68 @@
+"""The run-queue wait of a process's threads, read from (fake and real) schedstat files."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from elmbench.measure import cpuwait
+from elmbench.throughput.metrics import _cpu_wait
+
+
+def _tasks(root: Path, waits: dict[str, int]) -> Path:
+    """A /proc/<pid>/task folder: one schedstat per thread (run ns, wait ns, slices)."""
+    for tid, ns in waits.items():
+        (root / tid).mkdir(exist_ok=True)
+        (root / tid / "schedstat").write_text(f"123456 {ns} 7\n")
+    return root
+
+
+def test_wait_is_summed_over_threads_since_the_snapshot(tmp_path: Path) -> None:
+    tasks = _tasks(tmp_path, {"100": 1_000_000, "101": 5_000_000})
+    before = cpuwait.snapshot(tasks)
+    assert before == {"100": 1_000_000, "101": 5_000_000}
+    _tasks(tmp_path, {"100": 4_000_000, "101": 5_500_000, "102": 250_000})  # 102 started since
+    assert cpuwait.waited_s(before, tasks) == pytest.approx((3e6 + 0.5e6 + 0.25e6) / 1e9)
+
+
+def test_ended_and_reused_threads_never_count_below_zero(tmp_path: Path) -> None:
+    tasks = _tasks(tmp_path, {"100": 9_000_000, "101": 2_000_000})
+    before = cpuwait.snapshot(tasks)
+    (tasks / "101" / "schedstat").unlink()  # 101 ended: its schedstat is gone
+    (tasks / "101").rmdir()
+    _tasks(tmp_path, {"100": 1_000})  # a new thread took the id 100: its count starts over
+    assert cpuwait.waited_s(before, tasks) == 0.0
+
+
+def test_no_proc_means_not_measured(tmp_path: Path) -> None:
+    assert cpuwait.snapshot(tmp_path / "absent") is None
+    assert cpuwait.snapshot(tmp_path) is None  # a folder without threads
+    assert cpuwait.waited_s(None, tmp_path) is None
+    reason = _cpu_wait([None, None], [0.5, 0.5])
+    assert isinstance(reason, str) and "not measured" in reason
+
+
+def test_the_record_is_ms_per_repetition_with_its_share_of_decode() -> None:
+    body = _cpu_wait([0.002, 0.010, 0.0], [0.5, 0.5, 0.25])
+    assert isinstance(body, dict)
+    assert body["raw"] == pytest.approx([2.0, 10.0, 0.0]) and body["value"] == pytest.approx(2.0)
+    assert body["share_of_decode_raw_pct"] == pytest.approx([0.4, 2.0, 0.0])
+    assert body["unit"] == "ms"
+
+
+@pytest.mark.skipif(not cpuwait.TASKS.exists(), reason="needs Linux's /proc")
+def test_this_process_reports_a_wait_for_each_live_thread() -> None:
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        seen = cpuwait.snapshot()
+        assert seen is not None and str(worker.native_id) in seen
+        assert all(ns >= 0 for ns in seen.values())
+        waited = cpuwait.waited_s(seen)
+        assert waited is not None and waited >= 0
+    finally:
+        stop.set()
+        worker.join()
