@@ -85,14 +85,13 @@ def _cpu_wait(
     waits: Sequence[float | None] | None, decode: Sequence[float]
 ) -> dict[str, Any] | str:
     """Decode's thread time lost to other tasks per repetition (ms), and its share of decode."""
-    if not waits or any(w is None for w in waits) or len(waits) != len(decode):
+    if not waits or None in waits:
         return "not measured: this system reports no per-thread run-queue times (Linux's schedstat)"
-    ms = [1e3 * w for w in waits if w is not None]
+    out = _scaled(1e3, [w for w in waits if w is not None])
     return {
-        **_stats(ms),
-        "value": statistics.median(ms),
+        **out,
         "unit": "ms",
-        "share_of_decode_raw_pct": [0.1 * w / s for w, s in zip(ms, decode, strict=True)],
+        "share_of_decode_raw_pct": [0.1 * w / s for w, s in zip(out["raw"], decode, strict=True)],
         "meaning": "thread time the process's threads spent ready to run while other tasks of "
         "this system had their CPU, summed over threads, per repetition's decode; a hypervisor's "
         "preemption is not in it",
