@@ -84,7 +84,7 @@ def sp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def gemv_kernel() -> None:
     """Skip where elmbench's CPU kernels cannot be built (no C compiler): they are optional."""
-    from elmbench.models import cpu_kernels
+    from elmbench.engine import cpu_kernels
 
     try:
         cpu_kernels.load_kernels()

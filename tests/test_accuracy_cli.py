@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from click.testing import CliRunner, Result
 from elmbench.cli import cli
 from elmbench.config import ElmConfig, get_config
 from elmbench.errors import ElmbenchError
-from elmbench.records import read_run
+from elmbench.records import AccuracyRecord, read_run
 
 Record = dict[str, Any]
 
@@ -27,6 +28,11 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ELMBENCH_DATA": N
 # Valid ranges of the values of each metric (fractions).
 RANGES = {"acc": (0.0, 1.0), "acc_norm": (0.0, 1.0), "pct_stereotype": (0.0, 1.0)}
 LIMIT = 3
+
+
+def records_of(run: Path) -> list[dict[str, Any]]:
+    """A run's accuracy records as dicts (their fields), in order."""
+    return [asdict(r) for r in read_run(run).of(AccuracyRecord)]
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
@@ -78,9 +84,9 @@ SHOTS = {"ARC-c": 25, "CrowS-Pairs": 25, "MMLU": 5, "PIQA": 0, "TruthfulQA": 0, 
 
 def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) -> None:
     result, run = llm360
-    meta, records = read_run(run)
-    assert meta["kind"] == "accuracy" and meta["finished_utc"] is not None
-    assert meta["spec"]["suite"] == "llm360" and meta["spec"]["limit"] == LIMIT
+    meta, records = read_run(run).meta, records_of(run)
+    assert meta.kind == "accuracy" and meta.finished_utc is not None
+    assert meta.spec["suite"] == "llm360" and meta.spec["limit"] == LIMIT
     by = {(r["label"], r["metric"]): r for r in records}
     assert set(by) == {
         ("ARC-c", "acc"), ("ARC-c", "acc_norm"), ("CrowS-Pairs", "pct_stereotype"),
@@ -120,9 +126,9 @@ def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) ->
 
 def test_mmlu_subset_is_counted_and_noted(llm360: tuple[Result, Path]) -> None:
     result, run = llm360
-    (mmlu,) = [r for r in read_run(run)[1] if r["label"] == "MMLU"]
+    (mmlu,) = [r for r in records_of(run) if r["label"] == "MMLU"]
     assert mmlu["subjects"] == 1 and mmlu["subjects_total"] == 57  # the samples hold one subject
-    assert all("subjects" not in r for r in read_run(run)[1] if r["label"] != "MMLU")
+    assert all(r["subjects"] is None for r in records_of(run) if r["label"] != "MMLU")
     notes = json.loads(result.stdout)["summaries"]["naive"]["notes"]
     assert (
         "MMLU: 1 of the 57 subjects evaluated (those in the data folder); the published value "
@@ -134,7 +140,7 @@ def test_few_shot_examples_from_the_evaluation_split_are_noted(
     llm360: tuple[Result, Path],
 ) -> None:
     result, run = llm360
-    sources = {r["label"]: r["few_shot_source"] for r in read_run(run)[1]}
+    sources = {r["label"]: r["few_shot_source"] for r in records_of(run)}
     # Stock ARC-c and WinoGrande draw few-shot examples from a training split the samples lack;
     # CrowS-Pairs (test only) and MMLU (dev) use the split stock lm-eval uses; the rest are 0-shot.
     assert sources == {
@@ -164,7 +170,7 @@ def test_suite_file_published_values_and_norm_agreement(tmp_path: Path, sp_model
     args = ["--suite", str(suite), "--limit", "4", "--norm", "naive,fused", "--format", "markdown"]
     result = invoke(*common(sp_model, out), *args)
     assert result.exit_code == 0, result.output
-    records = read_run(only_run(out))[1]
+    records = records_of(only_run(out))
     assert [r["norm"] for r in records] == ["naive", "fused"]
     for record in records:
         assert record["label"] == "BoolQ" and record["samples"] == 4
@@ -195,9 +201,9 @@ def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_pa
     for label in ("ARC-c", "CrowS-Pairs", "MMLU", "PIQA", "TruthfulQA"):
         assert f"{label} (" in result.stderr and "already in the run, skipped" in result.stderr
     assert "[6/6] WinoGrande (winogrande, 5-shot, norm naive) ..." in result.stderr
-    meta, records = read_run(run)
-    assert len(meta["resumed"]) == 1 and "truncated last line" in meta["resumed"][0]["notes"][0]
-    want = {(r["label"], r["metric"]): r["value"] for r in read_run(finished)[1]}
+    meta, records = read_run(run).meta, records_of(run)
+    assert len(meta.resumed) == 1 and "truncated last line" in meta.resumed[0]["notes"][0]
+    want = {(r["label"], r["metric"]): r["value"] for r in records_of(finished)}
     assert {(r["label"], r["metric"]): r["value"] for r in records} == want
     (wino,) = [r for r in records if r["label"] == "WinoGrande"]
     assert wino["requests"] == 0  # every request came from lm-eval's cache in the run folder
@@ -329,7 +335,7 @@ def test_checkpoint_run_records_weights_dtype_and_tokenizer(
     checkpoint_run: tuple[Result, Path, Path, Path],
 ) -> None:
     _, run, weights, tokenizer = checkpoint_run
-    records = read_run(run)[1]
+    records = records_of(run)
     digest = hashlib.sha256()  # the folder's files in name order, each name then its bytes
     for name in ("config.json", "model.safetensors"):
         digest.update(name.encode())
@@ -346,7 +352,7 @@ def test_checkpoint_without_model_gets_its_paper_model_by_architecture(
     checkpoint_run: tuple[Result, Path, Path, Path],
 ) -> None:
     result, run, _, _ = checkpoint_run
-    for r in read_run(run)[1]:
+    for r in records_of(run):
         assert r["paper_model"] == "tiny (test model)" and r["paper_model_from"] == "architecture"
     notes = json.loads(result.stdout)["summaries"]["naive"]["notes"]
     assert "no published values: this suite has none for tiny (test model)" in notes
@@ -361,7 +367,7 @@ def test_custom_architecture_has_no_paper_model_and_says_so(tmp_path: Path, sp_m
         "--tasks", "PIQA", "--limit", "2", "--out", str(out), "--format", "markdown",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    for r in read_run(only_run(out))[1]:
+    for r in records_of(only_run(out)):
         assert r["paper_model"] == "" and r["paper_model_from"] == "no preset matches"
         assert r["published_pct"] is None
     assert (
@@ -479,13 +485,19 @@ def test_name_or_path_in_config_json_picks_the_instruct_twin(tmp_path: Path) -> 
 # The summary table and norm agreement, from records built by hand ------------------------------
 
 
-def rec(label: str, metric: str, value: float, published: float | None, **extra: Any) -> Record:
-    """One ok record of the summary's inputs."""
-    return {
-        "status": "ok", "norm": "naive", "label": label, "metric": metric, "value_pct": value,
-        "published_pct": published, "metric_known": True, "paper_model": "OpenELM-450M",
-        "paper_model_from": "--model", "samples": 100, **extra,
+def rec(
+    label: str, metric: str, value: float, published: float | None, **extra: Any
+) -> AccuracyRecord:
+    """One record of the summary's inputs."""
+    fields: dict[str, Any] = {
+        "model": "450m", "backend": "torch", "kernels": "stock", "dtype": "float32",
+        "norm": "naive", "task": label.lower(), "metric": metric, "label": label,
+        "suite": "test", "value": value / 100, "value_pct": value, "stderr_pct": None,
+        "samples": 100, "shots": 0, "device": "cpu", "weights": "w", "random_weights": False,
+        "tokenizer": "t", "lm_eval_version": "0.4.13", "published_pct": published,
+        "paper_model": "OpenELM-450M", "paper_model_from": "--model",
     }  # fmt: skip
+    return AccuracyRecord(**{**fields, **extra})
 
 
 def test_summary_average_is_the_unweighted_mean_of_the_tasks() -> None:
@@ -526,7 +538,7 @@ def test_paper_average_is_the_published_figure_of_the_whole_suite() -> None:
     assert measured[-1] == "42.49"  # 41.494 + 1
     assert next(r for r in rows if r[0] == "delta (acc*)")[-1] == "0.99"  # 42.494 - 41.50
     # A subset of the tasks: the paper's figure no longer applies, the row's mean does.
-    subset = [r for r in records if r["label"] != "MMLU"]
+    subset = [r for r in records if r.label != "MMLU"]
     _, rows, _ = summary_table(subset, "naive", suite)
     want = sum(t.published[model] for t in suite.tasks if t.label != "MMLU") / 4
     assert rows[0][-1] == f"{want:.2f}"

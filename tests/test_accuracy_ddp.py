@@ -25,7 +25,7 @@ plan = AccuracyPlan("torch", ModelSpec(model="tiny", seed=2), ("naive",), sys.ar
                     allow_random=True)
 records = run_accuracy(suite, plan)
 print("RESULT " + json.dumps([[r["label"], r["metric"], r["value"], r["samples"]]
-                             for r in records]))
+                             for r in records]))  # the runner's plain dicts
 """
 
 
@@ -101,7 +101,7 @@ def test_cli_under_two_ranks_writes_one_run_equal_to_one_process(
     _, single = _cli_values(tmp_path / "one")
     run, both = _cli_values(tmp_path / "two")
     assert both == single  # gathered over both ranks: the same values and sample counts
-    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert json.loads((run / "run.json").read_text())["extra"]["world_size"] == 2
     assert json.loads(rank0_out)["run_dir"] == str(run)  # rank 0 reports
     assert rank1_out.strip() == ""  # the other rank prints and writes nothing
     assert json.loads(single_out)["records"]

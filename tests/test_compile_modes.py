@@ -15,8 +15,8 @@ from torch import nn
 
 from elmbench.backends import ModelSpec, create_backend
 from elmbench.backends.torch_aoti import compile_package
+from elmbench.engine import cpu_kernels
 from elmbench.errors import UnavailableError, UnknownNameError
-from elmbench.models import cpu_kernels
 
 PROMPT = np.random.default_rng(0).integers(0, 512, size=(2, 7))
 
@@ -74,7 +74,8 @@ def test_aoti_calls_the_kernels_through_their_c_shims(tmp_path: Path) -> None:
             return cpu_kernels.gemv(x, w) + 1.0
 
     x, w = torch.randn(1, 64), torch.randn(40, 64)
-    package = compile_package(torch.export.export(Step(), (x, w)), tmp_path / "step.pt2")
+    exported = torch.export.export(Step(), (x, w))
+    package = compile_package(exported, tmp_path / "step.pt2", engine=True)
     with zipfile.ZipFile(package) as archive:
         libraries = [archive.read(n) for n in archive.namelist() if n.endswith(".so")]
     # the generated library names the shim (a direct call), not only the proxy executor
@@ -83,9 +84,12 @@ def test_aoti_calls_the_kernels_through_their_c_shims(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, F.linear(x, w) + 1.0, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(("elements", "parallel"), [(8192, False), (1 << 18, True)])
-def test_aoti_runs_decode_sized_generated_kernels_on_one_thread(
-    tmp_path: Path, elements: int, parallel: bool
+@pytest.mark.parametrize(
+    ("elements", "engine", "parallel"),
+    [(8192, True, False), (1 << 18, True, True), (8192, False, True)],
+)
+def test_aoti_runs_decode_sized_generated_kernels_on_one_thread_with_the_engine(
+    tmp_path: Path, elements: int, engine: bool, parallel: bool
 ) -> None:
     class Step(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +99,14 @@ def test_aoti_runs_decode_sized_generated_kernels_on_one_thread(
     saved = torch.get_num_threads()
     torch.set_num_threads(2)  # inductor parallelises for the threads torch has
     try:
-        package = compile_package(torch.export.export(Step(), (x,)), tmp_path / "step.pt2")
+        exported = torch.export.export(Step(), (x,))
+        package = compile_package(exported, tmp_path / "step.pt2", engine=engine)
     finally:
         torch.set_num_threads(saved)
     with zipfile.ZipFile(package) as archive:
         (source,) = [archive.read(n) for n in archive.namelist() if n.endswith(".kernel.cpp")]
-    # a decode step's few thousand elements stay on one thread; large kernels still split
+    # with the engine a decode step's few thousand elements stay on one thread, large kernels
+    # still split; stock AOTInductor keeps inductor's default and splits both
     assert (b"#pragma omp parallel" in source) is parallel
     (out,) = torch._inductor.aoti_load_package(package).loader.boxed_run([x])
     torch.testing.assert_close(out, F.silu(x) * x + 1.0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from elmbench.backends import ModelSpec, create_backend
 from elmbench.config import get_config
-from elmbench.models import cpu_kernels, cpu_layout
+from elmbench.engine import cpu_kernels, cpu_layout
 from elmbench.models.openelm_torch import OpenELM
 
 needs_kernel = pytest.mark.usefixtures("gemv_kernel")
@@ -232,12 +232,10 @@ def test_probe_records_a_choice_per_kind_and_skips_many_rows() -> None:
     assert [p["rows"] for p in layout.describe()["probes"]] == [1, cpu_layout.MAX_KERNEL_ROWS + 1]
 
 
-def test_backend_records_when_the_layout_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    fp16 = create_backend("torch", ModelSpec(model="tiny", dtype="float16")).describe()
-    assert fp16["cpu_layout"] is None and "dtype float16" in fp16["cpu_layout_note"]
-    monkeypatch.setenv("ELMBENCH_GEMV", "off")
-    off = create_backend("torch", ModelSpec(model="tiny")).describe()
-    assert off["cpu_layout"] is None and "ELMBENCH_GEMV" in off["cpu_layout_note"]
+def test_backend_records_when_the_layout_does_not_apply() -> None:
+    spec = ModelSpec(model="tiny", dtype="float16", kernels="elmbench")
+    engine = create_backend("torch", spec).describe()["engine"]
+    assert engine["cpu_layout"] is None and "dtype float16" in engine["notes"][0]
 
 
 def test_no_compiler_falls_back_to_stock_kernels(
@@ -247,9 +245,9 @@ def test_no_compiler_falls_back_to_stock_kernels(
     monkeypatch.setenv("ELMBENCH_CACHE", str(tmp_path / "cache"))
     cpu_kernels.load_kernels.cache_clear()
     try:
-        backend = create_backend("torch", ModelSpec(model="tiny", seed=3))
-        facts = backend.describe()
-        assert facts["cpu_layout"] is None and "did not build" in facts["cpu_layout_note"]
+        backend = create_backend("torch", ModelSpec(model="tiny", seed=3, kernels="elmbench"))
+        engine = backend.describe()["engine"]
+        assert engine["cpu_layout"] is None and "did not build" in engine["notes"][0]
         prompt = np.random.default_rng(0).integers(0, 512, size=(1, 4))
         assert backend.generate(prompt, 3).shape == (1, 3)
     finally:
@@ -280,7 +278,7 @@ def test_ops_fall_back_to_python_without_a_cxx_compiler(tmp_path: Path) -> None:
     # Registration happens once a process, so the fallback is seen in a fresh one.
     script = (
         "import torch, torch.nn.functional as F\n"
-        "from elmbench.models import cpu_kernels\n"
+        "from elmbench.engine import cpu_kernels\n"
         "facts = cpu_kernels.load_kernels().describe()\n"
         "x, w = torch.randn(1, 40), torch.randn(24, 40)\n"
         "assert torch.allclose(cpu_kernels.gemv(x, w), F.linear(x, w), atol=1e-4)\n"

@@ -40,16 +40,17 @@ def test_no_proc_means_not_measured(tmp_path: Path) -> None:
     assert cpuwait.snapshot(tmp_path / "absent") is None
     assert cpuwait.snapshot(tmp_path) is None  # a folder without threads
     assert cpuwait.waited_s(None, tmp_path) is None
-    reason = _cpu_wait([None, None], [0.5, 0.5])
+    reason = _cpu_wait([None, None])
     assert isinstance(reason, str) and "not measured" in reason
 
 
-def test_the_record_is_ms_per_repetition_with_its_share_of_decode() -> None:
-    body = _cpu_wait([0.002, 0.010, 0.0], [0.5, 0.5, 0.25])
-    assert isinstance(body, dict)
-    assert body["raw"] == pytest.approx([2.0, 10.0, 0.0]) and body["value"] == pytest.approx(2.0)
-    assert body["share_of_decode_raw_pct"] == pytest.approx([0.4, 2.0, 0.0])
-    assert body["unit"] == "ms"
+def test_the_record_is_ms_per_repetition() -> None:
+    from elmbench.records import Estimate
+
+    body = _cpu_wait([0.002, 0.010, 0.0])
+    assert isinstance(body, Estimate)
+    assert body.raw == pytest.approx([2.0, 10.0, 0.0]) and body.value == pytest.approx(2.0)
+    assert body.unit == "ms"
 
 
 @pytest.mark.skipif(not cpuwait.TASKS.exists(), reason="needs Linux's /proc")

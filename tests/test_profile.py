@@ -270,35 +270,26 @@ def test_labels_are_off_outside_profiling() -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_records_are_json_safe_with_the_what_if(traced: tuple[ProfileResult, Path]) -> None:
+def test_record_fields_are_json_safe_with_the_what_if(traced: tuple[ProfileResult, Path]) -> None:
     result, _ = traced
-    records = json.loads(json.dumps(result.to_records()))
-    summaries = [r for r in records if r["record"] == "profile_summary"]
-    assert [r["phase"] for r in summaries] == ["prefill", "decode"]
-    for s in summaries:
-        ph = result.phases[s["phase"]]
-        assert s["norm_share_pct"] == pytest.approx(ph.norm_share_pct)
-        assert len(s["wall_ms_per_step"]) == ph.steps == 2
+    phases = json.loads(json.dumps(result.phase_fields()))
+    assert list(phases) == ["prefill", "decode"]
+    for name, fields in phases.items():
+        ph = result.phases[name]
+        assert fields["norm_share"]["share_pct"] == pytest.approx(ph.norm_share_pct)
+        assert len(fields["wall_ms_per_step"]) == ph.steps == 2
         per_token = ph.wall_ms_per_token
         assert per_token is not None
-        assert s["ms_per_token_without_norm"] == pytest.approx(
+        assert fields["ms_per_token_without_norm"] == pytest.approx(
             per_token * (1 - ph.norm_share_pct / 100)
         )
-        assert s["max_speedup_from_norm"] > 1
-        assert "upper bound" in s["what_if_meaning"]
-        assert s["model"] == "tiny" and s["norm"] == "naive" and s["backend"] == "torch"
-    kinds = {r["record"] for r in records}
-    assert kinds == {
-        "profile_summary",
-        "profile_category",
-        "profile_part",
-        "profile_top_op",
-        "profile_op",
-    }
-    assert len(result.to_records(ops=False)) < len(records)
-
-
-# HF comparison models --------------------------------------------------------------------------
+        assert fields["max_speedup_from_norm"] > 1
+        assert fields["settings"] == result.settings and fields["top_ops"][0]["rank"] == 1
+        assert sum(c["ms_per_step"] for c in fields["categories"]) == pytest.approx(
+            sum(c["time_ms"] for c in fields["categories"]) / ph.steps
+        )
+    ops = result.op_rows()
+    assert {r["phase"] for r in ops} == {"prefill", "decode"} and "self_cpu_ms" in ops[0]
 
 
 def test_hf_module_names_map_to_parts() -> None:
@@ -409,7 +400,7 @@ def test_mlx_breakdown_covers_every_part_and_reports_overhead() -> None:
         assert isinstance(ph.overhead_pct, float)
         assert 0 < ph.norm_share_pct < 100
         assert "approximation" in ph.notes[0]
-    json.dumps(result.to_records())
+    json.dumps(result.phase_fields())
 
 
 def test_mlx_errors() -> None:

@@ -11,10 +11,8 @@ import dataclasses
 import json
 import math
 import platform
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -22,7 +20,7 @@ from click.testing import CliRunner, Result
 from elmbench.backends.isolate import Job
 from elmbench.cli import cli
 from elmbench.profile.categories import BETWEEN, CATEGORIES, NORM_PARTS
-from elmbench.records import final_records, read_run
+from elmbench.records import ProfileRecord, read_run
 
 REPS = 4  # profiled steps per phase
 TINY = ["-m", "tiny", "-p", "8", "-n", "8", "--repetitions", str(REPS), "--warmup", "1", "-q"]
@@ -38,15 +36,9 @@ def only_run(out: Path) -> Path:
     return runs[0]
 
 
-def by_case(
-    records: list[dict[str, Any]], kind: str
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Records of one kind grouped by (norm, phase)."""
-    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        if r.get("record") == kind:
-            out[(r["norm"], r["phase"])].append(r)
-    return out
+def by_case(run: Path) -> dict[tuple[str, str], ProfileRecord]:
+    """A run's profile records by (norm, phase)."""
+    return {(r.norm, r.phase): r for r in read_run(run).of(ProfileRecord)}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +88,7 @@ def test_tensorboard_plugin_loads_every_trace(torch_run: tuple[Result, Path]) ->
     traces = run / "traces"
     runs = sorted(p.name for p in traces.iterdir() if p.is_dir())
     assert runs == [
-        f"tiny-torch-{norm}-float32-none-b1-p8-n8-{phase}"
+        f"tiny-torch-stock-{norm}-float32-none-b1-p8-n8-{phase}"
         for norm in ("fused", "naive")
         for phase in ("decode", "prefill")
     ]
@@ -113,31 +105,31 @@ def test_tensorboard_plugin_loads_every_trace(torch_run: tuple[Result, Path]) ->
 
 def test_records_read_back_with_shares_that_sum_to_100(torch_run: tuple[Result, Path]) -> None:
     _, run = torch_run
-    meta, records = read_run(run)
-    assert meta["kind"] == "profile" and meta["finished_utc"] is not None
-    assert meta["profile"]["phase"] == "both" and meta["profile"]["trace"] is True
-    assert final_records(records) == records  # every record has its own id
-    summaries = by_case(records, "profile_summary")
+    read = read_run(run)
+    meta = read.meta
+    assert meta.kind == "profile" and meta.finished_utc is not None
+    assert meta.extra["profile"]["phase"] == "both" and meta.extra["profile"]["trace"] is True
+    assert len(read.records) == 4  # one record per case and phase
+    summaries = by_case(run)
     assert sorted(summaries) == [(n, p) for n in ("fused", "naive") for p in ("decode", "prefill")]
     ops_rows = list(csv.DictReader((run / "ops.csv").open()))
-    for key, (s,) in summaries.items():
-        assert s["status"] == "ok" and s["steps"] == REPS and s["model"] == "tiny"
-        assert s["random_weights"] is True and s["ops_csv"] == "ops.csv"
-        assert (run / s["tensorboard_run_dir_trace"]).is_dir()  # stored relative to the run
-        cats = by_case(records, "profile_category")[key]
-        parts = by_case(records, "profile_part")[key]
-        assert [c["category"] for c in cats] == list(CATEGORIES)
-        assert math.isclose(sum(c["share_pct"] for c in cats), 100.0, abs_tol=1e-6)
-        assert math.isclose(sum(p["share_pct"] for p in parts), 100.0, abs_tol=1e-6)
-        step_ms = sum(c["ms_per_step"] for c in cats)
-        assert sum(p["ms_per_step"] for p in parts) == pytest.approx(step_ms)
-        norm_cat = cats[0]
-        assert norm_cat["share_pct"] == pytest.approx(s["norm_share_pct"])
+    for key, s in summaries.items():
+        assert s.steps == REPS and s.model == "tiny" and s.kernels == "stock"
+        assert s.context.random_weights is True and s.ops_csv == "ops.csv"
+        assert (run / s.traces["tensorboard_run_dir"]).is_dir()  # stored relative to the run
+        cats, parts = s.categories, s.parts
+        assert [c.category for c in cats] == list(CATEGORIES)
+        assert math.isclose(sum(c.share_pct for c in cats), 100.0, abs_tol=1e-6)
+        assert math.isclose(sum(p.share_pct for p in parts), 100.0, abs_tol=1e-6)
+        step_ms = sum(c.ms_per_step for c in cats)
+        assert sum(p.ms_per_step for p in parts) == pytest.approx(step_ms)
+        assert cats[0].share_pct == pytest.approx(s.norm_share.share_pct)
         # The raw operator table holds the same time.
         mine = [r for r in ops_rows if (r["norm"], r["phase"]) == key]
         assert sum(float(r["self_cpu_ms"]) for r in mine) == pytest.approx(step_ms * REPS)
-        assert s["ms_per_token_without_norm"] == pytest.approx(
-            s["wall_ms_per_token"] * (1 - s["norm_share_pct"] / 100)
+        assert s.wall_ms_per_token is not None
+        assert s.ms_per_token_without_norm == pytest.approx(
+            s.wall_ms_per_token * (1 - s.norm_share.share_pct / 100)
         )
 
 
@@ -148,32 +140,30 @@ def test_naive_norm_dispatches_and_costs_more_than_fused(torch_run: tuple[Result
     # call (one linear), so that machine load, which differs between the runs, cancels, and a
     # preempted call does not move the median.
     _, run = torch_run
-    _, records = read_run(run)
-    summary = {k: v[0] for k, v in by_case(records, "profile_summary").items()}
-    parts = by_case(records, "profile_part")
+    summary = by_case(run)
     calls = (4 * 3 + 1) * 8  # 4 norms in each of 3 layers, the final norm; 8 decode steps
     for norm, ops in (("naive", 8), ("fused", 1)):
-        s = summary[(norm, "decode")]
-        assert s["norm_calls_per_step"] == calls and s["norm_ops_per_call"] == ops
+        s = summary[(norm, "decode")].norm_share
+        assert s.calls_per_step == calls and s.ops_per_call == ops
 
     def python_time_of_a_norm_call(norm: str) -> float:
-        qkv = next(p for p in parts[(norm, "decode")] if p["part"] == "qkv_proj")
-        return float(summary[(norm, "decode")]["norm_median_framework_us"]) / float(
-            qkv["median_framework_us"]
-        )
+        record = summary[(norm, "decode")]
+        qkv = next(p for p in record.parts if p.part == "qkv_proj")
+        assert record.norm_share.median_framework_us and qkv.median_framework_us
+        return record.norm_share.median_framework_us / qkv.median_framework_us
 
     assert python_time_of_a_norm_call("naive") > 1.25 * python_time_of_a_norm_call("fused")
 
 
 def test_resume_of_a_finished_run_profiles_nothing(torch_run: tuple[Result, Path]) -> None:
     _, run = torch_run
-    before = read_run(run)[1]
+    before = read_run(run).records
     result = invoke("--resume", str(run), "-q", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["run"] == str(run) and len(data["records"]) == len(before)
-    meta, after = read_run(run)
-    assert after == before and len(meta["resumed"]) == 1
+    after = read_run(run)
+    assert after.records == before and len(after.meta.resumed) == 1
 
 
 def test_mlx_breakdown_on_cpu_beside_the_plain_timing(tmp_path: Path) -> None:
@@ -184,14 +174,13 @@ def test_mlx_breakdown_on_cpu_beside_the_plain_timing(tmp_path: Path) -> None:
     assert "MLX: parts are timed by evaluating the model part by part" in result.stdout
     assert "profiled" in result.stdout and "tensorboard" not in result.stdout
     run = only_run(tmp_path)
-    _, records = read_run(run)
-    (s,) = by_case(records, "profile_summary")[("naive", "decode")]
-    assert s["backend"] == "mlx" and s["time_basis"] == "mlx_staged_eval_wall_time"
-    assert len(s["wall_ms_per_step"]) == 2 and s["instrumented_ms_per_step"] > 0
-    assert isinstance(s["overhead_pct"], float) and 0 < s["norm_share_pct"] < 100
-    parts = {p["part"]: p for p in by_case(records, "profile_part")[("naive", "decode")]}
+    s = by_case(run)[("naive", "decode")]
+    assert s.backend == "mlx" and s.time_basis == "mlx_staged_eval_wall_time"
+    assert len(s.wall_ms_per_step) == 2 and s.instrumented_ms_per_step > 0
+    assert isinstance(s.overhead_pct, float) and 0 < s.norm_share.share_pct < 100
+    parts = {p.part: p for p in s.parts}
     assert set(NORM_PARTS) | {BETWEEN} <= set(parts)
-    assert math.isclose(sum(p["share_pct"] for p in parts.values()), 100.0, abs_tol=1e-6)
+    assert math.isclose(sum(p.share_pct for p in parts.values()), 100.0, abs_tol=1e-6)
     assert not (run / "ops.csv").exists()  # MLX has parts, not operators
 
 
@@ -210,10 +199,10 @@ def test_comparison_models_are_built_by_name_in_the_worker(monkeypatch: pytest.M
               "trace_dir": None, "label": "toy", "schedule": [0, 1, 1], "seed": 0, "top": 3,
               "metal_capture": None}  # fmt: skip
     (out,) = profile_case(Job("elmbench.profile.run:profile_case", "torch", spec, params, "c"))
-    parts = {r["part"] for r in out["records"] if r["record"] == "profile_part"}
+    fields = out["phases"]["decode"]
+    parts = {p["part"] for p in fields["parts"]}
     assert {"attn_norm", "ffn_norm", "final_norm", "qkv_proj", "proj_1"} <= parts
-    (summary,) = [r for r in out["records"] if r["record"] == "profile_summary"]
-    assert summary["model"] == "olmo-toy" and summary["norm"] == "native"
+    assert fields["steps"] == 1 and fields["norm_share"]["calls_per_step"] > 0
 
 
 @pytest.mark.parametrize(

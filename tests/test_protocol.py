@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 
 from elmbench.errors import ConfigError, UnknownNameError
-from elmbench.measure import (
-    TOTAL,
-    Protocol,
-    Timer,
-    measure_read_bandwidth,
-    measure_roofline,
-    run_protocol,
-)
+from elmbench.measure.membw import measure_read_bandwidth, measure_roofline
+from elmbench.measure.protocol import TOTAL, Protocol, Timer, run_protocol
 from elmbench.measure.rss import reset_rss_peak, rss_peak_bytes
+from elmbench.measure.stats import Summary, median_interval
 
 
 class FakeClock:
@@ -73,7 +68,7 @@ def test_warmup_calls_are_excluded() -> None:
     timing = run_protocol(fn, quick(warmup=2), clock=clock)
     assert timing.warmup_s == (7.0, 9.0)
     assert timing.raw_s() == pytest.approx([0.5] * 5)
-    assert timing.to_record()["warmup_raw_s"] == [7.0, 9.0]
+    assert timing.to_record()["protocol"]["warmup_raw_s"] == [7.0, 9.0]
 
 
 def test_repetition_cap() -> None:
@@ -121,9 +116,11 @@ def test_sections_are_recorded_separately() -> None:
     assert timing.raw_s("kernel") == (0.01,) * 5
     assert timing.raw_s() == (0.8125,) * 5
     record = json.loads(json.dumps(timing.to_record()))
-    assert record["decode_raw_s"] == [0.5] * 5 and record["prefill_median_s"] == 0.25
-    assert record["protocol_min_seconds"] == 1.0 and record["protocol_warmup"] == 0
-    assert record["repetitions"] == 5 and record["measured_s"] == pytest.approx(4.0625)
+    assert record["sections_raw_s"]["decode"] == [0.5] * 5
+    assert timing.stats("prefill").median == 0.25
+    protocol = record["protocol"]
+    assert protocol["min_seconds"] == 1.0 and protocol["warmup"] == 0
+    assert protocol["repetitions"] == 5 and protocol["measured_s"] == pytest.approx(4.0625)
 
 
 def test_sections_must_appear_in_every_repetition() -> None:
@@ -166,18 +163,20 @@ def test_statistics_match_the_statistics_module() -> None:
     timing = run_protocol(steps(clock, durations), quick(min_seconds=0.0), clock=clock)
     st = timing.stats()
     assert st.n == 5
-    assert st.mean_s == pytest.approx(statistics.mean(durations))
-    assert st.median_s == pytest.approx(statistics.median(durations))
-    assert st.stdev_s == pytest.approx(statistics.stdev(durations))
-    assert (st.min_s, st.max_s) == (1.0, 10.0)
+    assert st.mean == pytest.approx(statistics.mean(durations))
+    assert st.median == pytest.approx(statistics.median(durations))
+    assert st.stdev == pytest.approx(statistics.stdev(durations))
+    assert (st.min, st.max) == (1.0, 10.0)
     assert st.cv == pytest.approx(statistics.stdev(durations) / statistics.mean(durations))
+    # Five values: no pair of order statistics reaches 95%; [min, max] covers 1 - 2/32.
+    assert (st.ci_low, st.ci_high, st.ci_level) == (1.0, 10.0, pytest.approx(0.9375))
 
 
 def test_unstable_timing_is_flagged_with_a_warning() -> None:
     clock = FakeClock()
     noisy = run_protocol(steps(clock, [1, 1, 1, 1, 1.5]), quick(), clock=clock)
     assert not noisy.stable()
-    assert noisy.to_record()["stable"] is False
+    assert noisy.to_record()["warnings"] == noisy.warnings
     (warning,) = noisy.warnings
     assert "unstable timing: 'total' varies by" in warning and "10% limit" in warning
 
@@ -192,8 +191,44 @@ def test_one_repetition_has_unknown_variation() -> None:
     protocol = Protocol(warmup=0, min_repetitions=1, min_seconds=0.5)
     timing = run_protocol(steps(clock, [1.0]), protocol, clock=clock)
     assert timing.repetitions == 1
-    assert timing.stats().stdev_s is None and timing.stats().cv is None
+    assert timing.stats().stdev is None and timing.stats().cv is None
     assert not timing.stable() and "variation is unknown" in timing.warnings[0]
+
+
+def test_the_interval_of_the_median_comes_from_order_statistics() -> None:
+    from scipy.stats import binom
+
+    values = [float(v) for v in range(1, 21)]  # 20 values
+    low, high, level = median_interval(values)
+    # The narrowest [x_(k), x_(21-k)] that covers the median with >= 95%: k = 6 (P = 0.9586).
+    assert (low, high) == (6.0, 15.0)
+    assert level == pytest.approx(1 - 2 * binom.cdf(5, 20, 0.5)) and level >= 0.95
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, pytest.approx(0.75))
+    assert median_interval([4.0]) == (4.0, 4.0, 0.0)
+    summary = Summary.of(values)
+    assert summary.ci_half_width_pct == pytest.approx(50 * (15 - 6) / 10.5)
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])
+
+
+def test_precision_on_demand_goes_on_until_the_interval_is_narrow_enough() -> None:
+    clock = FakeClock()
+    noisy = [1.0, 1.2, 0.8, 1.1, 0.9]  # repeated: the interval narrows as values accumulate
+    protocol = quick(min_seconds=0.0, precision_pct=10.0, max_seconds=100.0)
+    timing = run_protocol(steps(clock, noisy), protocol, clock=clock)
+    assert timing.stopped_by == "precision" and timing.repetitions > 5
+    reached = timing.precision_reached()["total"]
+    assert reached is not None and reached <= 10.0
+    assert timing.info().precision_pct == 10.0
+    assert not any("precision" in w for w in timing.warnings)
+
+    capped = quick(min_seconds=0.0, precision_pct=0.1, max_seconds=8.0)
+    clock = FakeClock()
+    timing = run_protocol(steps(clock, noisy), capped, clock=clock)
+    assert timing.stopped_by == "max_seconds" and timing.measured_s >= 8.0
+    assert any("precision +-0.1% not reached within the 8 s cap" in w for w in timing.warnings)
+    with pytest.raises(ConfigError, match="precision must be > 0%"):
+        Protocol(precision_pct=0.0)
 
 
 def test_on_repetition_reports_progress() -> None:
@@ -288,7 +323,7 @@ def test_bandwidth_probe_rejects_bad_arguments() -> None:
 def test_roofline_is_the_fastest_probe_and_keeps_them_all(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from elmbench.models import cpu_kernels
+    from elmbench.engine import cpu_kernels
 
     record = measure_roofline(size_mib=8, repeats=2)
     probes = record["membw_probes"]

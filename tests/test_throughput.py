@@ -14,12 +14,11 @@ from click.testing import CliRunner
 from elmbench.backends.isolate import Job, run_isolated
 from elmbench.cli import cli
 from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
-from elmbench.records import read_run
+from elmbench.records import FailureRecord, NormBenchRecord, ThroughputRecord, read_run
 from elmbench.suites import SuiteSpec
 from elmbench.throughput.metrics import NORM_METRICS, THROUGHPUT_METRICS
 from elmbench.throughput.plan import build_plan
 from elmbench.throughput.run import run_spec
-from elmbench.throughput.table import case_rows
 
 mlx = pytest.importorskip("mlx.core")
 
@@ -104,43 +103,43 @@ def test_impossible_plans_are_one_clear_error(
 def test_records_hold_every_metric_with_raw_values_and_units(tmp_path: Path) -> None:
     events: list[str] = []
     result = run_spec(TINY, out=tmp_path, on_event=lambda kind, e: events.append(kind))
-    meta, records = read_run(result.path)
-    assert meta["kind"] == "throughput" and meta["spec"]["models"] == ["tiny"]
-    assert meta["membw"]["membw_gb_per_s"] > 0  # the CPU roofline is measured, and kept
-    assert {r["metric"] for r in records} == set(THROUGHPUT_METRICS)
-    assert len(records) == 2 * len(THROUGHPUT_METRICS)
-    decode = next(r for r in records if r["metric"] == "decode_tokens_per_s")
-    assert decode["status"] == "ok" and decode["unit"] == "tokens/s"
-    assert len(decode["raw"]) == decode["repetitions"] >= 2
-    seconds = [3 / v for v in decode["raw"]]  # 4 new tokens: 3 cached decode steps
-    assert decode["value"] == pytest.approx(3 / statistics.median(seconds))
-    assert all(r["schema_version"] == 1 and r["random_weights"] for r in records)
-    mfu = next(r for r in records if r["metric"] == "prefill_mfu_pct")
-    assert mfu["status"] == "skipped" and "publishes no dense" in mfu["reason"]
-    roofline = next(r for r in records if r["metric"] == "decode_roofline_pct")
-    bandwidth = next(r for r in records if r["metric"] == "decode_bandwidth_gb_per_s")
+    run = read_run(result.path)
+    meta, records = run.meta, run.of(ThroughputRecord)
+    assert meta.kind == "throughput" and meta.spec["models"] == ["tiny"]
+    assert meta.extra["membw"]["membw_gb_per_s"] > 0  # the CPU roofline is measured, and kept
+    assert len(records) == len(run.records) == 2 and {r.kernels for r in records} == {"stock"}
+    record = records[0]
+    assert set(record.metrics) | set(record.skipped) == set(THROUGHPUT_METRICS)
+    decode = record.metrics["decode_tokens_per_s"]
+    assert decode.unit == "tokens/s" and len(decode.raw) == record.protocol.repetitions >= 2
+    seconds = record.sections_raw_s["decode"]
+    assert decode.raw == pytest.approx([3 / s for s in seconds])  # 4 new tokens: 3 cached steps
+    assert decode.value == pytest.approx(statistics.median(decode.raw))
+    assert decode.ci_low <= decode.value <= decode.ci_high  # type: ignore[operator]
+    assert record.context.random_weights and record.describe["kernels"] == "stock"
+    assert record.describe["engine"] is None  # stock PyTorch: no engine part ran
+    assert "publishes no dense" in record.skipped["prefill_mfu_pct"]
+    roofline, bandwidth = (
+        record.metrics["decode_roofline_pct"],
+        record.metrics["decode_bandwidth_gb_per_s"],
+    )
     # A case shorter than the pairing interval is probed just before and after it; each
     # repetition is a share of the better of the two; the run's figure and the best probe kept too.
-    probes = roofline["case_probes"]
-    assert [p["after_repetition"] for p in probes] == [0, bandwidth["repetitions"]]
-    beside = max(p["membw_gb_per_s"] for p in probes)
-    assert roofline["paired_peak_raw_gb_per_s"] == [beside] * bandwidth["repetitions"]
-    assert roofline["raw"] == pytest.approx([100 * gb / beside for gb in bandwidth["raw"]])
-    assert roofline["value"] == pytest.approx(statistics.median(roofline["raw"]))
-    assert roofline["best_probe_roofline_pct"] == pytest.approx(100 * bandwidth["value"] / beside)
-    assert roofline["run_peak_gb_per_s"] == meta["membw"]["membw_gb_per_s"]
-    assert roofline["run_roofline_pct"] == pytest.approx(
-        100 * bandwidth["value"] / meta["membw"]["membw_gb_per_s"]
-    )
-    assert "bracket it in time" in roofline["peak_source"]
-    wait = next(r for r in records if r["metric"] == "decode_cpu_wait_ms")
-    assert wait["status"] == "ok" and wait["unit"] == "ms"  # Linux reports run-queue waits
-    assert len(wait["raw"]) == len(wait["share_of_decode_raw_pct"]) == decode["repetitions"]
-    assert all(w >= 0 for w in wait["raw"]) and wait["value"] == statistics.median(wait["raw"])
+    roof = record.roofline
+    assert roof is not None
+    reps = record.protocol.repetitions
+    assert [p["after_repetition"] for p in roof.probes] == [0, reps]
+    beside = max(p["membw_gb_per_s"] for p in roof.probes)
+    assert roof.paired_peak_raw_gb_per_s == (beside,) * reps
+    assert roofline.raw == pytest.approx([100 * gb / beside for gb in bandwidth.raw])
+    assert roofline.value == pytest.approx(statistics.median(roofline.raw))
+    assert roof.best_probe_pct == pytest.approx(100 * bandwidth.value / beside)
+    assert roof.run_peak_gb_per_s == meta.extra["membw"]["membw_gb_per_s"]
+    assert roof.run_pct == pytest.approx(100 * bandwidth.value / roof.run_peak_gb_per_s)
+    assert "bracket it in time" in roof.method
+    wait = record.metrics["decode_cpu_wait_ms"]  # Linux reports run-queue waits
+    assert wait.unit == "ms" and len(wait.raw) == reps and all(w >= 0 for w in wait.raw)
     assert events[0] == "plan" and events.count("case") == 2 and "progress" in events
-    rows = case_rows(records)
-    assert [r["norm"] for r in rows] == ["naive", "fused"]
-    assert rows[0]["decode_tokens_per_s"] == decode["value"]
 
 
 def test_the_worker_probes_between_repetitions_outside_the_timed_region(
@@ -159,7 +158,8 @@ def test_the_worker_probes_between_repetitions_outside_the_timed_region(
     probes = out["case_membw"]
     assert [p["after_repetition"] for p in probes] == [0, 1, 2, 3]
     assert all(p["membw_gb_per_s"] > 0 for p in probes)
-    assert out["timing"]["repetitions"] == 3 and len(out["timing"]["total_raw_s"]) == 3
+    assert out["timing"]["protocol"]["repetitions"] == 3
+    assert len(out["timing"]["sections_raw_s"]["total"]) == 3
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="restarting the peak is Linux's")
@@ -189,47 +189,52 @@ def test_the_probes_buffers_are_not_the_cases_peak_memory(
 def test_each_repetition_is_a_share_of_the_probes_that_bracket_it() -> None:
     from types import SimpleNamespace
 
-    from elmbench.throughput.metrics import _roofline_share
+    from elmbench.records import Estimate
+    from elmbench.throughput.metrics import _roofline
 
-    device = SimpleNamespace(profile=SimpleNamespace(bandwidth_gb_per_s=50.0, source="start"))
+    profile = SimpleNamespace(bandwidth_gb_per_s=50.0, source="start", name="cpu")
+    device = SimpleNamespace(profile=profile)
     probes = [
         {"after_repetition": 0, "membw_gb_per_s": 40.0},
         {"after_repetition": 2, "membw_gb_per_s": 20.0},  # none ran after the first repetition
         {"after_repetition": 3, "membw_gb_per_s": 30.0},
     ]
-    bandwidth = {"value": 20.0, "raw": [10.0, 20.0, 30.0]}
-    share = _roofline_share(device, probes, bandwidth)  # type: ignore[arg-type]
-    assert share is not None
-    assert share["paired_peak_raw_gb_per_s"] == [40.0, 40.0, 30.0]
-    assert share["raw"] == pytest.approx([25.0, 50.0, 100.0])
-    assert share["value"] == pytest.approx(50.0) and share["peak_gb_per_s"] == 40.0
-    assert share["best_probe_roofline_pct"] == pytest.approx(50.0)
-    assert share["run_roofline_pct"] == pytest.approx(40.0)
-    # without probes: the device's published peak, and None where it has none
-    plain = _roofline_share(device, [], bandwidth)  # type: ignore[arg-type]
-    assert plain is not None and plain["value"] == pytest.approx(40.0)
-    device.profile.bandwidth_gb_per_s = None
-    assert _roofline_share(device, [], bandwidth) is None  # type: ignore[arg-type]
+    bandwidth = Estimate.of([10.0, 20.0, 30.0], "GB/s")
+    share, roof = _roofline(device, probes, bandwidth)  # type: ignore[arg-type]
+    assert isinstance(share, Estimate) and roof is not None
+    assert roof.paired_peak_raw_gb_per_s == (40.0, 40.0, 30.0)
+    assert share.raw == pytest.approx([25.0, 50.0, 100.0])
+    assert share.value == pytest.approx(50.0) and roof.peak_gb_per_s == 40.0
+    assert roof.best_probe_pct == pytest.approx(50.0)
+    assert roof.run_pct == pytest.approx(40.0)
+    # without probes: the device's published peak, and a reason where it has none
+    plain, roof = _roofline(device, [], bandwidth)  # type: ignore[arg-type]
+    assert isinstance(plain, Estimate) and plain.value == pytest.approx(40.0)
+    profile.bandwidth_gb_per_s = None
+    reason, roof = _roofline(device, [], bandwidth)  # type: ignore[arg-type]
+    assert reason == "peak memory bandwidth of 'cpu' is unknown" and roof is None
 
 
 def test_naive_and_fused_generate_the_same_tokens(tmp_path: Path) -> None:
-    _, records = read_run(run_spec(TINY, out=tmp_path).path)
-    heads = {r["norm"]: r["generated_head"] for r in records if r["metric"] == "prefill_ms"}
-    assert heads["naive"] == heads["fused"]
+    records = read_run(run_spec(TINY, out=tmp_path).path).of(ThroughputRecord)
+    heads = {r.norm: r.generated_head for r in records}
+    assert heads["naive"] == heads["fused"] and len(heads["naive"]) == 4
 
 
 def test_resume_measures_only_what_an_interruption_lost(tmp_path: Path) -> None:
     first = run_spec(TINY, out=tmp_path)
     lines = (first.path / "records.jsonl").read_text().splitlines(keepends=True)
-    kept = len(THROUGHPUT_METRICS) + 3  # the first case, and part of the second
     # A crash mid-write leaves a partial line; resume keeps it aside and goes on.
-    (first.path / "records.jsonl").write_text("".join(lines[:kept]) + lines[kept][:20])
+    (first.path / "records.jsonl").write_text(lines[0] + lines[1][:20])
     resumed = run_spec(TINY, out=tmp_path, resume=first.path.name)
     assert (resumed.measured, resumed.skipped_done) == (1, 1)
     assert resumed.path == first.path
-    meta, records = read_run(first.path)
-    assert len({r["case_id"] for r in records}) == 2 * len(THROUGHPUT_METRICS)
-    assert meta["finished_utc"] and meta["resumed"]
+    run = read_run(first.path)
+    assert (
+        len(run.records) == 2
+        and len(run.path.joinpath("records.jsonl").read_text().splitlines()) == 2
+    )
+    assert run.meta.finished_utc and run.meta.resumed
     again = run_spec(TINY, out=tmp_path, resume=first.path)
     assert again.measured == 0
 
@@ -238,7 +243,8 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     spec = TINY.with_overrides(weights=str(tmp_path / "missing"), norms=("naive",))
     result = run_spec(spec, out=tmp_path / "runs")
     (record,) = result.records
-    assert record["status"] == "failed" and "missing" in record["reason"]
+    assert isinstance(record, FailureRecord) and "missing" in record.reason
+    assert record.measurement == "throughput" and record.params["norm"] == "naive"
 
 
 def test_a_worker_that_dies_fails_its_case_and_a_new_worker_runs_the_next(
@@ -265,12 +271,13 @@ def test_norm_microbenchmark_records_time_and_bandwidth(tmp_path: Path) -> None:
     spec = SuiteSpec(name="n", kind="norms", models=("tiny",), device="cpu", norms=("naive",),
                      norm_tokens=(4,), warmup=0, repetitions=2, min_seconds=0.0)  # fmt: skip
     result = run_spec(spec, out=tmp_path)
-    assert {r["metric"] for r in result.records} == set(NORM_METRICS)
-    assert {r["where"] for r in result.records} == {"hidden", "head"}
-    assert {r["backend"] for r in result.records} == {"torch", "mlx"}
-    head = next(r for r in result.records if r["where"] == "head" and r["backend"] == "torch")
-    assert head["dim"] == 16 and head["rows"] > 4  # (query + KV heads) x tokens rows of head_dim
-    assert all(r["status"] == "ok" for r in result.records)
+    records = [r for r in result.records if isinstance(r, NormBenchRecord)]
+    assert len(records) == len(result.records) == 4
+    assert all(set(r.metrics) | set(r.skipped) == set(NORM_METRICS) for r in records)
+    assert {r.where for r in records} == {"hidden", "head"}
+    assert {r.backend for r in records} == {"torch", "mlx"}
+    head = next(r for r in records if r.where == "head" and r.backend == "torch")
+    assert head.dim == 16 and head.rows > 4  # (query + KV heads) x tokens rows of head_dim
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -284,11 +291,10 @@ def test_smoke_suite_end_to_end_through_the_cli_on_torch_and_mlx(tmp_path: Path)
     data = json.loads(out)
     records = data["records"]
     assert {r["backend"] for r in records} == {"torch", "mlx"}
-    assert {r["status"] for r in records} <= {"ok", "skipped"}
-    ok = [r for r in records if r["metric"] == "decode_tokens_per_s"]
-    assert all(r["value"] > 0 for r in ok)
+    assert {r["kind"] for r in records} == {"throughput"}
+    assert all(r["metrics"]["decode_tokens_per_s"]["value"] > 0 for r in records)
     # The same greedy tokens on both frameworks for the same seeded weights and prompt.
-    heads = {(r["backend"], r["norm"]): r["generated_head"] for r in ok}
+    heads = {(r["backend"], r["norm"]): r["generated_head"] for r in records}
     assert heads["torch", "naive"] == heads["mlx", "naive"]
     assert Path(data["run"]).parent == tmp_path
 
@@ -299,7 +305,7 @@ def test_cli_table_shows_cases_and_where_the_records_are(tmp_path: Path) -> None
                           "--repetitions", "1", "--min-seconds", "0", "--out", str(tmp_path),
                           "-q", "--format", "markdown")  # fmt: skip
     assert code == 0
-    assert "| tiny | torch/cpu | float32 | none | naive | 1×8+3 |" in out
+    assert "| tiny | torch/cpu | stock | float32 | none | naive | 1×8+3 |" in out
     assert f"records: {tmp_path}" in out and "roofline:" in out
 
 
@@ -351,8 +357,9 @@ def test_quantized_mlx_case_runs_and_is_recorded(tmp_path: Path) -> None:
     spec = TINY.with_overrides(backend="mlx", device="mlx-cpu", norms=("fused",), quantize=8,
                                group_size=32)  # fmt: skip
     result = run_spec(spec, out=tmp_path)
-    assert all(r["status"] in ("ok", "skipped") for r in result.records), result.records[0]
-    assert {r["quantize"] for r in result.records} == {8}
+    records = [r for r in result.records if isinstance(r, ThroughputRecord)]
+    assert len(records) == 1, result.records
+    assert records[0].context.quantize == 8
 
 
 def test_a_worker_frees_the_previous_model_before_loading_the_next() -> None:

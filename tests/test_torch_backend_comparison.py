@@ -47,7 +47,7 @@ def test_cached_greedy_matches_full_forwards(small: str, norm: str) -> None:
     # OLMo's LayerNorms hold no parameters; the RMSNorm variants swapped in hold a weight each.
     added = cfg.num_norms * cfg.hidden_size if cfg.family == "olmo" and norm != "native" else 0
     assert facts["num_params"] == cfg.num_params + added
-    assert facts["cpu_layout"] is None and "comparison" in facts["cpu_layout_note"]
+    assert facts["kernels"] == "stock" and facts["engine"] is None
 
 
 def test_weights_and_compile_do_not_apply(small: str) -> None:

@@ -125,6 +125,7 @@ def _run_norm(
     identity = weights_identity(spec.weights, spec.seed)
     common = {
         "backend": plan.backend,
+        "kernels": spec.kernels,
         "device": spec.device,
         "dtype": spec.dtype,
         "norm": norm,

@@ -7,15 +7,15 @@ closer one is never picked silently.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from elmbench.accuracy.papermodel import NO_MATCH
 from elmbench.accuracy.taskdata import EVAL_SPLIT_SOURCE
+from elmbench.records.types import AccuracyRecord
 
 if TYPE_CHECKING:
     from elmbench.accuracy.suites import AccuracySuite
 
-Record = dict[str, Any]
 CROWS_NOTE = (
     "CrowS-Pairs is compared as pct_stereotype x 100 (an inference from the published values, "
     "not a stated fact); lower is less biased"
@@ -37,31 +37,31 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summary_table(
-    records: Sequence[Record], norm: str, suite: AccuracySuite | None = None
+    records: Sequence[AccuracyRecord], norm: str, suite: AccuracySuite | None = None
 ) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, rows, notes) for one norm variant's ok records of one suite, in task order.
+    """(header, rows, notes) for one norm variant's records of one suite, in task order.
 
     With the suite, the paper row's average is the paper's own figure where every task is shown.
     """
-    recs = [r for r in records if r.get("status") == "ok" and r.get("norm") == norm]
+    recs = [r for r in records if r.norm == norm]
     labels: list[str] = []
     for r in recs:
-        if r["label"] not in labels:
-            labels.append(r["label"])
-    by = {(r["label"], r["metric"]): r for r in recs}
-    unknown = {r["label"] for r in recs if not r.get("metric_known", True)}
+        if r.label not in labels:
+            labels.append(r.label)
+    by = {(r.label, r.metric): r for r in recs}
+    unknown = {r.label for r in recs if not r.metric_known}
 
-    def pick(label: str, preferred: str) -> Record:
+    def pick(label: str, preferred: str) -> AccuracyRecord:
         if (label, preferred) in by:
             return by[(label, preferred)]
-        return next(r for r in recs if r["label"] == label)
+        return next(r for r in recs if r.label == label)
 
     header = ["", *[_column(pick(lb, "acc"), lb in unknown) for lb in labels], "Average"]
-    paper = [pick(lb, "acc").get("published_pct") for lb in labels]
+    paper = [pick(lb, "acc").published_pct for lb in labels]
     paper_average = _paper_average(recs, labels, paper, suite)
     rows = [["paper", *map(_fmt, paper), _fmt(paper_average)]]
     for metric in ("acc", "acc_norm") if unknown else ("acc",):
-        measured = [pick(lb, metric)["value_pct"] for lb in labels]
+        measured = [pick(lb, metric).value_pct for lb in labels]
         name = f"measured ({metric}*)" if unknown else "measured"
         average = _mean(measured)
         rows.append([name, *map(_fmt, measured), _fmt(average)])
@@ -71,21 +71,21 @@ def summary_table(
     return header, rows, _notes(recs, labels, paper, unknown)
 
 
-def _column(record: Record, unknown: bool) -> str:
+def _column(record: AccuracyRecord, unknown: bool) -> str:
     """A task's column heading: its label, `*` where the metric is unknown, MMLU's subject count."""
-    label = f"{record['label']}*" if unknown else record["label"]
-    done, total = record.get("subjects"), record.get("subjects_total")
+    label = f"{record.label}*" if unknown else record.label
+    done, total = record.subjects, record.subjects_total
     return label if done is None or done == total else f"{label} ({done}/{total} subjects)"
 
 
 def _paper_average(
-    recs: Sequence[Record],
+    recs: Sequence[AccuracyRecord],
     labels: list[str],
     paper: list[float | None],
     suite: AccuracySuite | None,
 ) -> float | None:
     """The paper's published average where every suite task is shown, else the mean of the row."""
-    model = recs[0].get("paper_model", "") if recs else ""
+    model = recs[0].paper_model if recs else ""
     if suite is None or model not in suite.published_average:
         return _mean(paper)
     shown_all = set(labels) == {t.label for t in suite.tasks}
@@ -93,40 +93,40 @@ def _paper_average(
 
 
 def _notes(
-    recs: Sequence[Record], labels: list[str], paper: list[float | None], unknown: set[str]
+    recs: Sequence[AccuracyRecord], labels: list[str], paper: list[float | None], unknown: set[str]
 ) -> list[str]:
     """What a reader must know to read the table: each note one line."""
     notes = [UNKNOWN_NOTE] if unknown else []
-    if any(r["metric"] == "pct_stereotype" for r in recs):
+    if any(r.metric == "pct_stereotype" for r in recs):
         notes.append(CROWS_NOTE)
     notes += _paper_notes(recs, paper)
     partial = {
-        r["label"]: (r["subjects"], r["subjects_total"])
+        r.label: (r.subjects, r.subjects_total)
         for r in recs
-        if r.get("subjects") is not None and r["subjects"] != r.get("subjects_total")
+        if r.subjects is not None and r.subjects != r.subjects_total
     }
     for label, (done, total) in partial.items():
         notes.append(
             f"{label}: {done} of the {total} subjects evaluated (those in the data folder); "
             f"the published value covers all {total}, so its delta is not comparable"
         )
-    from_eval = {r["label"] for r in recs if r.get("few_shot_source") == EVAL_SPLIT_SOURCE}
+    from_eval = {r.label for r in recs if r.few_shot_source == EVAL_SPLIT_SOURCE}
     if from_eval:
         notes.append(
             f"few-shot examples of {', '.join(lb for lb in labels if lb in from_eval)} came from "
             "the evaluation split (the local data has no training split; lm-eval leaves the "
             "current document out); the paper drew them from the training split"
         )
-    if any(r.get("random_weights") for r in recs):
+    if any(r.random_weights for r in recs):
         notes.append("RANDOM WEIGHTS: these numbers test the pipeline only")
     return notes
 
 
-def _paper_notes(recs: Sequence[Record], paper: list[float | None]) -> list[str]:
+def _paper_notes(recs: Sequence[AccuracyRecord], paper: list[float | None]) -> list[str]:
     """Which published model the paper row is, or why it has no values."""
     if not recs:
         return []
-    model, source = recs[0].get("paper_model", ""), recs[0].get("paper_model_from")
+    model, source = recs[0].paper_model, recs[0].paper_model_from
     if source == NO_MATCH:
         return [
             "no published values: the checkpoint's architecture matches no OpenELM model "
@@ -137,21 +137,20 @@ def _paper_notes(recs: Sequence[Record], paper: list[float | None]) -> list[str]
     return [f"paper row: {model}" + (f" (chosen by {source})" if source else "")]
 
 
-def norms_agree(records: Sequence[Record]) -> tuple[bool, float, list[str]]:
+def norms_agree(records: Sequence[AccuracyRecord]) -> tuple[bool, float, list[str]]:
     """Whether every norm variant gives the same value per task and metric (max gap in points).
 
     Variants agree when each gap is within the larger task standard error, i.e. a faster norm
     did not change results beyond the sampling noise of the benchmark.
     """
-    groups: dict[tuple[str, str], list[Record]] = {}
+    groups: dict[tuple[str, str], list[AccuracyRecord]] = {}
     for r in records:
-        if r.get("status") == "ok":
-            groups.setdefault((r["label"], r["metric"]), []).append(r)
-    worst, agree, norms = 0.0, True, sorted({r["norm"] for r in records if "norm" in r})
+        groups.setdefault((r.label, r.metric), []).append(r)
+    worst, agree, norms = 0.0, True, sorted({r.norm for r in records})
     for rs in groups.values():
-        values = [r["value_pct"] for r in rs]
+        values = [r.value_pct for r in rs]
         gap = max(values) - min(values)
         worst = max(worst, gap)
-        tolerance = max((r.get("stderr_pct") or 0.0) for r in rs)
+        tolerance = max((r.stderr_pct or 0.0) for r in rs)
         agree = agree and gap <= tolerance + 1e-9
     return agree, worst, norms

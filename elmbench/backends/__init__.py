@@ -30,6 +30,7 @@ class ModelSpec:
     group_size: int = 64
     crop_vocab: bool = True
     compile: str = "none"  # one of COMPILE_MODES[backend]
+    kernels: str = "stock"  # stock: the framework as users run it; elmbench: elmbench's engine
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for records and subprocess jobs."""

@@ -67,7 +67,7 @@ def requested() -> str:
 
 def build_shim() -> Path:
     """The shim library over scipy-openblas32's OpenBLAS (built once, cached); or why not."""
-    from elmbench.native import KernelUnavailable, cache_dir, compile_library
+    from elmbench.engine.native import KernelUnavailable, cache_dir, compile_library
 
     if platform.system() != "Linux":
         raise UnavailableError(

@@ -5,10 +5,9 @@ runtime, the compiled graph's call); AOTInductor compiles the exported step into
 that one call runs, with no Python in between. The library is built without the weights
 (`package_constants_in_so=False`) and then pointed at the model's own parameters and KV-cache
 buffers (`user_managed=True`): no copy of the weights, and the cache it writes is the one prefill
-filled. At 270M on this project's 2-core CPU a decode step took 0.97-0.98x as long as through
-`torch.compile` (three alternating comparisons of 20-100 windows of 12 tokens). elmbench's kernels
-are called through their C shims (`cpu_kernels.aoti_c_shims`), not the proxy executor: 0.99x;
-the generated kernels of decode's size run on one thread (`DECODE_MIN_CHUNK`).
+filled. With elmbench's engine, its kernels are called through their C shims
+(`cpu_kernels.aoti_c_shims`) instead of the proxy executor, and the generated kernels of decode's
+size run on one thread (`DECODE_MIN_CHUNK`); measurements are in docs/engine.md.
 
 The first call of each token shape exports and compiles (about 15 s at 270M), which the throughput
 protocol counts as warm-up; `reset` (after new KV-cache buffers) drops what was built. CPU only:
@@ -29,8 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from elmbench.models import cpu_kernels
-
 
 class _DecodeStep(nn.Module):
     """The model's cached decode with the greedy choice, as one module to export."""
@@ -47,8 +44,9 @@ class _DecodeStep(nn.Module):
 class AotiDecode:
     """Greedy decode (tokens (B, 1), position (1,) tensor) through AOTInductor, built per shape."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, engine: bool = False) -> None:
         self.step = _DecodeStep(model)
+        self.engine = engine
         self.runners: dict[tuple[int, ...], Any] = {}  # by token shape (long, on the CPU)
 
     def reset(self) -> None:
@@ -66,7 +64,7 @@ class AotiDecode:
     def _build(self, tokens: torch.Tensor, position: torch.Tensor) -> Any:
         with _quiet_pytree(), tempfile.TemporaryDirectory(prefix="elmbench-aoti-") as tmp:
             exported = torch.export.export(self.step, (tokens, position), strict=False)
-            package = compile_package(exported, Path(tmp) / "decode.pt2")
+            package = compile_package(exported, Path(tmp) / "decode.pt2", self.engine)
             runner = torch._inductor.aoti_load_package(package)
         _forget_last_trace()
         tensors = dict(self.step.named_parameters()) | dict(self.step.named_buffers())
@@ -76,26 +74,27 @@ class AotiDecode:
 
 
 # Elements each thread must get before inductor runs a generated kernel on several threads
-# (its default: 512). A decode step's norms, RoPE and activations hold a few thousand elements
-# (argmax 32,000): serial, they skip an OpenMP region each, about 50 a token at 270M, whose
-# forks and barriers cost more than the work. The time between elmbench's kernels fell from
-# 0.94-0.97 to 0.79-0.80 ms a token; the step took 0.987-0.998x as long (three processes).
+# (its default: 512). A decode step's norms, RoPE and activations hold a few thousand elements:
+# serial, they skip an OpenMP region each (about 50 a token at 270M), whose forks and barriers
+# cost more than the work.
 DECODE_MIN_CHUNK = 32768
 
 
-def compile_package(exported: torch.export.ExportedProgram, path: Path) -> str:
+def compile_package(
+    exported: torch.export.ExportedProgram, path: Path, engine: bool = False
+) -> str:
     """AOTInductor's package of an exported program, without its weights (they are handed over
-    at load), calling elmbench's kernels through their C shims where those are loaded, and
-    running decode-sized generated kernels on one thread."""
+    at load). With elmbench's engine, its kernels are called through their C shims and
+    decode-sized generated kernels run on one thread; otherwise inductor's defaults hold."""
+    configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False}
+    if engine:
+        from elmbench.engine import cpu_kernels
+
+        configs["aot_inductor.custom_ops_to_c_shims"] = cpu_kernels.aoti_c_shims()
+        configs["cpp.min_chunk_size"] = DECODE_MIN_CHUNK
     with _quiet_pytree():
         package: str = torch._inductor.aoti_compile_and_package(
-            exported,
-            package_path=str(path),
-            inductor_configs={
-                "aot_inductor.package_constants_in_so": False,
-                "aot_inductor.custom_ops_to_c_shims": cpu_kernels.aoti_c_shims(),
-                "cpp.min_chunk_size": DECODE_MIN_CHUNK,
-            },
+            exported, package_path=str(path), inductor_configs=configs
         )
     return package
 

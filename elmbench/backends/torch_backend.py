@@ -1,8 +1,7 @@
 """The torch backend: OpenELM (or a comparison model) in PyTorch on CPU, CUDA or Apple MPS.
 
-On the CPU in fp32 or bf16, OpenELM's few-row linears go through a streaming GEMV kernel where a
-timed probe at setup finds it faster (`elmbench.models.cpu_layout`); on the CPU every model's
-weights go into transparent huge pages (`elmbench.hugepages`). `describe()` records both.
+Stock PyTorch unless the spec asks for elmbench's engine (`kernels: elmbench`, CPU only:
+`elmbench.engine`); `describe()` records which kernels ran and what the engine did.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import torch
 
 from elmbench.backends import Backend, ModelSpec
 from elmbench.backends.torch_compile import check_compile_mode, compile_steps, mark_cache_static
-from elmbench.errors import ConfigError, UnavailableError
+from elmbench.engine.torch_engine import ENGINE, KERNELS, STOCK, TorchEngine, unsupported
+from elmbench.errors import ConfigError, UnavailableError, UnknownNameError
 from elmbench.measure.rss import reset_rss_peak, rss_peak_bytes
 from elmbench.models.comparison import COMPARISON_MODELS
 from elmbench.norms import Availability
@@ -81,9 +81,8 @@ class TorchBackend(Backend):
                 spec.crop_vocab,
             )
         self.config = self.model.config
-        self.huge_pages = self._huge_pages()
-        self.layout, self.layout_note = self._cpu_layout()
-        self.steps = compile_steps(self.model, spec.compile)
+        self.engine = self._engine(spec.kernels)
+        self.steps = compile_steps(self.model, spec.compile, engine=self.engine is not None)
         self.positions: list[torch.Tensor] = []  # one tensor per position, kept across setups
         self.max_seq_len = 0
 
@@ -108,35 +107,23 @@ class TorchBackend(Backend):
         )
         self.source = WeightsSource("random", seed=spec.seed)
 
-    def _huge_pages(self) -> dict[str, Any] | None:
-        """On the CPU, the weights in transparent huge pages where the OS offers them."""
-        if self.device.type != "cpu":
+    def _engine(self, kernels: str) -> TorchEngine | None:
+        """elmbench's engine where the spec asks for it (CPU only), else None: stock PyTorch."""
+        if kernels == STOCK:
             return None
-        from elmbench import hugepages
-
-        return hugepages.move_parameters(self.model)
-
-    def _cpu_layout(self) -> tuple[Any, str]:
-        """The streaming-GEMV layout where it applies (OpenELM, fp32 or bf16, CPU), else why not."""
-        from elmbench.models import cpu_kernels, cpu_layout
-
-        if self.comparison:
-            return None, "not applied: comparison models run as transformers builds them"
-        reason = cpu_layout.applies(self.model)
+        if kernels != ENGINE:
+            raise UnknownNameError("kernels", kernels, KERNELS)
+        reason = unsupported(str(self.device))
         if reason is not None:
-            return None, f"not applied: {reason}"
-        try:
-            layout = cpu_layout.apply_cpu_layout(self.model)
-        except cpu_kernels.KernelUnavailable as exc:
-            return None, f"not applied: the CPU kernels did not build ({exc})"
-        return layout, "streaming GEMV where the probe finds it faster; cached attention kernel"
+            raise UnavailableError("--kernels elmbench", reason, "Use --kernels stock")
+        return TorchEngine.apply(self.model, self.comparison)
 
     def setup(self, batch_size: int, max_seq_len: int) -> None:
         """Allocate the static KV cache; probe the CPU layout for this batch size (once)."""
         self.model.setup_cache(batch_size, max_seq_len)
         self.steps.reset()
-        if self.layout is not None:
-            self.layout.prepare(batch_size)
+        if self.engine is not None:
+            self.engine.prepare(batch_size)
         if self.spec.compile == "cudagraphs":
             mark_cache_static(self.model)
         # One tensor per position, made now: a decode step then needs no host-to-device copy.
@@ -221,9 +208,8 @@ class TorchBackend(Backend):
             "dtype": self.spec.dtype,
             "compile": self.spec.compile,
             "compile_details": self.steps.details,
-            "cpu_layout": self.layout.describe() if self.layout is not None else None,
-            "cpu_layout_note": self.layout_note,
-            "huge_pages": self.huge_pages,
+            "kernels": self.spec.kernels,
+            "engine": None if self.engine is None else self.engine.describe(),
         }
         facts["num_norms"] = self.config.num_norms
         native = getattr(self.config, "native_norm", None)

@@ -61,10 +61,11 @@ class Steps:
     reset: Callable[[], None] = lambda: None  # after setup replaced the KV-cache buffers
 
 
-def compile_steps(model: nn.Module, mode: str) -> Steps:
+def compile_steps(model: nn.Module, mode: str, engine: bool = False) -> Steps:
     """Wrap `model`'s prefill and cached decode (tensor position) for the compile mode.
 
-    Nothing compiles here: torch.compile works on the first call of each shape.
+    Nothing compiles here: torch.compile works on the first call of each shape. With `engine`,
+    AOTInductor calls elmbench's kernels through their C shims (see `torch_aoti`).
     """
     steps: Any = model
 
@@ -93,7 +94,7 @@ def compile_steps(model: nn.Module, mode: str) -> Steps:
     if mode == "aoti":
         from elmbench.backends.torch_aoti import AotiDecode
 
-        aoti = AotiDecode(model)
+        aoti = AotiDecode(model, engine)
         details = {
             "compile": "aoti",
             "decode": "AOTInductor, on the model's own weights and cache",

@@ -19,17 +19,10 @@ from safetensors import SafetensorError, safe_open
 from elmbench.checkpoints import WeightsSource
 from elmbench.checkpoints.layout import INDEX, SINGLE, expected_shapes, validate_state, weight_files
 from elmbench.config import ElmConfig, get_config
+from elmbench.dtypes import mlx_dtype
 from elmbench.errors import CheckpointError, ConfigError, ElmbenchError
 from elmbench.models.openelm_mlx import OpenELM, flat_parameters
 
-DTYPES = {
-    "float32": mx.float32,
-    "fp32": mx.float32,
-    "bfloat16": mx.bfloat16,
-    "bf16": mx.bfloat16,
-    "float16": mx.float16,
-    "fp16": mx.float16,
-}
 # MLX's affine quantization (mx.quantize) supports exactly these.
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -53,19 +46,6 @@ _ST_DTYPES = {
 
 Quantization = dict[str, Any]  # the config.json entry: {"group_size": 64, "bits": 4, ...}
 QuantizedModules = dict[str, dict[str, int]]  # module path -> {"group_size": .., "bits": ..}
-
-
-def mlx_dtype(name: str | mx.Dtype) -> mx.Dtype:
-    """Parse a dtype name (float32/fp32, bfloat16/bf16, float16/fp16)."""
-    if isinstance(name, mx.Dtype):
-        return name
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise ElmbenchError(
-            f"unknown dtype '{name}'. Valid dtypes: float32, bfloat16, float16 "
-            "(or fp32, bf16, fp16)"
-        ) from None
 
 
 def dtype_name(dtype: mx.Dtype) -> str:

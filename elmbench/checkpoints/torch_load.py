@@ -9,32 +9,11 @@ import torch
 
 from elmbench.checkpoints import WeightsSource
 from elmbench.config import ElmConfig, get_config
+from elmbench.dtypes import torch_dtype
 from elmbench.errors import CheckpointError, ElmbenchError
 
 if TYPE_CHECKING:
     from elmbench.models.openelm_torch import OpenELM
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Parse a dtype name (float32/fp32, bfloat16/bf16, float16/fp16)."""
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise ElmbenchError(
-            f"unknown dtype '{name}'. Valid dtypes: float32, bfloat16, float16 "
-            "(or fp32, bf16, fp16)"
-        ) from None
 
 
 def load_state(

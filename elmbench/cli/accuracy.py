@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from elmbench.cli.options import Column, emit, format_option, model_option
+from elmbench.cli.options import Column, as_json, emit, format_option, model_option
 from elmbench.errors import ElmbenchError
 
 if TYPE_CHECKING:
     from elmbench.accuracy.runner import AccuracyPlan
     from elmbench.accuracy.suites import AccuracySuite, AccuracyTask
-    from elmbench.records import RunWriter
+    from elmbench.records import AccuracyRecord, RunWriter
 
 Record = dict[str, Any]
 DTYPES = ("float32", "bfloat16", "float16")
@@ -153,9 +153,6 @@ def check_task_data(tasks: Sequence[AccuracyTask], data: Path | None) -> None:
                     raise ElmbenchError(f"task '{name}' has no local data: expected {data / rel}")
 
 
-def task_case(task: AccuracyTask, metric: str, norm: str) -> dict[str, str]:
-    """The parameters that identify one record of a run."""
-    return {"task": task.task, "metric": metric, "norm": norm}
 
 
 # Output --------------------------------------------------------------------------------------
@@ -178,11 +175,15 @@ def _num(value: Any, digits: int) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
-def _report(records: list[Record], suite: AccuracySuite, fmt: str, run_dir: Path) -> None:
+def _report(
+    records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_dir: Path
+) -> None:
     """The summary table per norm variant, whether the variants agree, and the speed per task."""
+    from dataclasses import asdict
+
     from elmbench.accuracy.summary import norms_agree, summary_table
 
-    norms = list(dict.fromkeys(r["norm"] for r in records))
+    norms = list(dict.fromkeys(r.norm for r in records))
     summaries = {n: summary_table(records, n, suite) for n in norms}  # (header, rows, notes)
     agreement = []
     if len(norms) > 1:
@@ -191,12 +192,13 @@ def _report(records: list[Record], suite: AccuracySuite, fmt: str, run_dir: Path
             f"norm variants {', '.join(names)} {'agree' if agree else 'DISAGREE'}: largest gap "
             f"{gap:.2f} points ({'within' if agree else 'beyond'} the tasks' standard errors)"
         )
-    first = {(r["norm"], r["label"]): r for r in reversed(records)}  # one row per task
-    speed = [first[key] for key in dict.fromkeys((r["norm"], r["label"]) for r in records)]
+    first = {(r.norm, r.label): asdict(r) for r in reversed(records)}  # one row per task
+    speed = [first[key] for key in dict.fromkeys((r.norm, r.label) for r in records)]
     if fmt == "json":
         tables = {n: {"header": h, "rows": rs, "notes": ns} for n, (h, rs, ns) in summaries.items()}
         data = {"run_dir": str(run_dir), "suite": suite.name, "summaries": tables,
-                "norms_agree": agreement[0] if agreement else None, "records": records}  # fmt: skip
+                "norms_agree": agreement[0] if agreement else None,
+                "records": as_json(records)}  # fmt: skip
         emit([], [], fmt, data=data)
         return
     if fmt == "csv":
@@ -306,7 +308,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     from elmbench.backends import ModelSpec
     from elmbench.devices import resolve_device
     from elmbench.norms import get_norm
-    from elmbench.records import case_id, final_records, read_run
+    from elmbench.records import AccuracyRecord, read_run
 
     fmt = opts.pop("fmt")
     stored = _stored_options(ctx, opts)
@@ -364,9 +366,8 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     rank = int(os.environ.get("RANK", "0"))
     writer = _open_run(opts, stored, device.to_record(), world, rank)
     run_dir = _shared_run_dir(writer, world)
-    done: set[str] = set()
-    if writer is None and opts["resume"]:  # other ranks skip what rank 0 skips
-        done = {r["case_id"] for r in final_records(read_run(run_dir)[1]) if r["status"] == "ok"}
+    # Tasks already in a resumed run are skipped (every rank skips what rank 0 skips).
+    done = {(r.norm, r.task, r.metric) for r in read_run(run_dir).of(AccuracyRecord)}
     plan = replace(plan, cache_dir=run_dir / CACHE_DIR)
 
     def say(message: str) -> None:
@@ -381,8 +382,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     steps = [(norm, task) for norm in norms for task in tasks]
     for step, (norm, task) in enumerate(steps, start=1):
         where = f"[{step}/{len(steps)}] {task.label} ({task.task}, {task.shots}-shot, norm {norm})"
-        ids = [case_id(task_case(task, m, norm)) for m in task.metrics]
-        if all((writer.done(i) if writer else i in done) for i in ids):
+        if all((norm, task.task, m) in done for m in task.metrics):
             say(f"{where}: already in the run, skipped")
             continue
         say(f"{where} ...")
@@ -390,9 +390,8 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
         one = replace(plan, norms=(norm,), tasks=(task.task,))
         records = run_accuracy(suite, one, lm_class=measured_adapter(speed))
         wall = time.perf_counter() - start
-        for record in records:
-            if writer is not None:
-                writer.append(_case(task, record, speed, wall, plan))
+        if writer is not None:
+            writer.append(*(_case(record, speed, wall, plan) for record in records))
         values = ", ".join(f"{r['metric']} {r['value_pct']:.2f}" for r in records)
         rate = "-" if speed.requests_per_s is None else f"{speed.requests_per_s:.2f}"
         say(
@@ -402,8 +401,8 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     if writer is None:
         return
     writer.finish()
-    records = [r for r in final_records(read_run(writer.path)[1]) if r.get("status") == "ok"]
-    _report(records, suite, fmt, writer.path)
+    writer.close()
+    _report(read_run(writer.path).of(AccuracyRecord), suite, fmt, writer.path)
 
 
 def _stored_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any] | None:
@@ -412,15 +411,13 @@ def _stored_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any] 
         return None
     from click.core import ParameterSource
 
-    from elmbench.records import read_run, reports_root
+    from elmbench.records import read_run, run_path
 
-    path = Path(opts["resume"])
-    if not path.exists() and (reports_root(opts["out"]) / path).exists():
-        path = reports_root(opts["out"]) / path
-    meta, _ = read_run(path)
-    if meta.get("kind") != "accuracy":
-        raise ElmbenchError(f"{path}: cannot resume a '{meta.get('kind')}' run as 'accuracy'")
-    spec: dict[str, Any] = meta.get("spec") or {}
+    path = run_path(opts["resume"], opts["out"])
+    meta = read_run(path).meta
+    if meta.kind != "accuracy":
+        raise ElmbenchError(f"{path}: cannot resume a '{meta.kind}' run as 'accuracy'")
+    spec: dict[str, Any] = meta.spec
     for key in RESUMABLE:
         if key in spec and ctx.get_parameter_source(key) == ParameterSource.DEFAULT:
             opts[key] = spec[key]
@@ -456,12 +453,12 @@ def _open_run(
     rank: int,
 ) -> RunWriter | None:
     """The run folder on rank 0 (new, or the resumed one); other ranks write nothing."""
-    from elmbench.records import open_run
+    from elmbench.records import open_run, resume_run
 
     if rank != 0:
         return None
     if stored is not None:
-        return open_run("accuracy", spec=_run_spec(opts), seed=opts["seed"], resume=opts["resume"])
+        return resume_run(opts["resume"], kind="accuracy", spec=_run_spec(opts))
     return open_run(
         "accuracy",
         spec=_run_spec(opts),
@@ -486,14 +483,11 @@ def _shared_run_dir(writer: RunWriter | None, world: int) -> Path:
     return Path(path)
 
 
-def _case(
-    task: AccuracyTask, record: Record, speed: EvalSpeed, wall: float, plan: AccuracyPlan
-) -> Record:
-    """A runner record as a run record: case parameters, speed of its task and the plan's limit."""
-    from elmbench.records import case_record
+def _case(record: Record, speed: EvalSpeed, wall: float, plan: AccuracyPlan) -> AccuracyRecord:
+    """A runner record as a typed run record: with the speed of its task and the plan's limit."""
+    from elmbench.records import AccuracyRecord
 
-    params = task_case(task, record["metric"], record["norm"])
-    fields = {k: v for k, v in record.items() if k not in params and k != "status"}
+    fields = {k: v for k, v in record.items() if k != "status"}
     fields.update(
         limit=plan.limit,
         batch_size=plan.batch_size,
@@ -506,7 +500,7 @@ def _case(
         input_tokens_per_s=speed.tokens_per_s,
         wall_s=wall,
     )
-    return case_record(params, status=record["status"], **fields)
+    return AccuracyRecord(**fields)
 
 
 COMMANDS = [accuracy]

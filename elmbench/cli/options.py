@@ -116,6 +116,13 @@ def emit(
         _rich_table(rows, columns, title, notes)
 
 
+def as_json(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """Typed records as JSON objects, with their kind and case id first."""
+    from elmbench.records.codec import to_json
+
+    return [{"kind": r.KIND, "case_id": r.case_id, **to_json(r, "", [])} for r in records]
+
+
 def _csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for row in rows for k in row))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import click
 
-from elmbench.cli.options import Column, emit, format_option
+from elmbench.cli.options import Column, as_json, emit, format_option
 from elmbench.cli.run_options import measure_options, spec_from_options
 from elmbench.cli.throughput import Progress
+from elmbench.records.types import FailureRecord, ProfileRecord, Record
 from elmbench.suites import SuiteSpec
 
 # OpenELM-270M, random weights, best device, the naive norm (the paper's finding), shapes small
@@ -31,29 +33,25 @@ DEFAULT = SuiteSpec(
     min_seconds=0.0,
 )
 NORM_PARTS_FIRST = ("attn_norm", "q_norm", "k_norm", "ffn_norm", "final_norm")
-CASE_KEYS = ("model", "backend", "device", "norm", "dtype", "compile", "shape")
+LABEL_KEYS = (*ProfileRecord.CASE[:-1],)  # the case fields a column label may need
 
 
 def _num(value: Any, digits: int = 1) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value:,.{digits}f}"
 
 
-def _per(value: Any, tokens: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and isinstance(tokens, (int, float)) and tokens
-    return value / tokens if ok else None
+def _per(value: float | None, tokens: float) -> float | None:
+    return value / tokens if value is not None and tokens else None
 
 
 def _shape(r: dict[str, Any]) -> str:
     return f"{r['batch_size']}×{r['prompt_tokens']}+{r['gen_tokens']}"
 
 
-def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (*(r.get(k) for k in CASE_KEYS[:-1]), _shape(r), r["phase"])
-
-
 SUMMARY_COLUMNS = [
     Column.key("model", "model", group=True),
     Column("backend", lambda r: f"{r['backend']}/{r['device']}", group=True),
+    Column.key("kernels", "kernels"),
     Column.key("dtype", "dtype"),
     Column.key("compile", "compile"),
     Column.key("norm", "norm"),
@@ -80,29 +78,40 @@ def _note(r: dict[str, Any]) -> str:
     return ""
 
 
-def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summary_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """One row per case and phase: the norm headline, counts per token and the what-if."""
     rows = []
     for r in records:
-        if r.get("record") != "profile_summary":
+        if isinstance(r, FailureRecord) and r.measurement == ProfileRecord.KIND:
+            rows.append({**r.params, "status": r.status, "reason": r.reason})
+        if not isinstance(r, ProfileRecord):
             continue
-        row = dict(r)
-        if r["status"] == "ok":
-            tokens, forwards = r["tokens_per_step"], r["forwards_per_step"]
-            row["norm_ms_per_step"] = r["norm_time_ms"] / r["steps"]
-            row["norm_calls_per_forward"] = _per(r["norm_calls_per_step"], forwards)
-            row["norm_ops_per_token"] = _per(r.get("norm_ops_per_step"), tokens)
-            if r.get("time_basis") == "device_kernel_time":
-                row["norm_kernels_per_token"] = _per(r.get("norm_kernels_per_step"), tokens)
-            row["profiled_ms_per_token"] = _per(r["instrumented_ms_per_step"], tokens)
+        tokens, norm = r.tokens_per_step, r.norm_share
+        row: dict[str, Any] = {
+            **r.case(),
+            "status": "ok",
+            "time_basis": r.time_basis,
+            "norm_share_pct": norm.share_pct,
+            "norm_ms_per_step": norm.time_ms / max(r.steps, 1),
+            "norm_calls_per_forward": _per(norm.calls_per_step, r.forwards_per_step),
+            "norm_ops_per_call": norm.ops_per_call,
+            "norm_ops_per_token": _per(norm.ops_per_step, tokens),
+            "wall_ms_per_token": r.wall_ms_per_token,
+            "ms_per_token_without_norm": r.ms_per_token_without_norm,
+            "max_speedup_from_norm": r.max_speedup_from_norm,
+            "profiled_ms_per_token": _per(r.instrumented_ms_per_step, tokens),
+            "overhead_pct": r.overhead_pct,
+        }
+        if r.time_basis == "device_kernel_time":
+            row["norm_kernels_per_token"] = _per(norm.kernels_per_step, tokens)
         rows.append(row)
     return rows
 
 
-def _labels(summaries: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], str]:
-    """Short column labels: only the case keys that differ between summaries, and the phase."""
-    varying = [i for i, _ in enumerate(CASE_KEYS) if len({_key(s)[i] for s in summaries}) > 1]
-    return {_key(s): " ".join([*(str(_key(s)[i]) for i in varying), s["phase"]]) for s in summaries}
+def _labels(records: Sequence[ProfileRecord]) -> dict[str, str]:
+    """Short column labels by case id: the case fields that differ between records, the phase."""
+    varying = [k for k in LABEL_KEYS if len({getattr(r, k) for r in records}) > 1]
+    return {r.case_id: " ".join([*(str(getattr(r, k)) for k in varying), r.phase]) for r in records}
 
 
 def _cell(label: str, index: int, digits: int) -> Callable[[dict[str, Any]], str]:
@@ -114,19 +123,20 @@ def _cell(label: str, index: int, digits: int) -> Callable[[dict[str, Any]], str
 
 
 def pivot(
-    records: Sequence[dict[str, Any]], kind: str, key: str, order: Sequence[str]
+    records: Sequence[Record], by: str, order: Sequence[str]
 ) -> tuple[list[dict[str, Any]], list[Column]]:
-    """Rows of `key` (category or part), a ms/step and a share column per case and phase."""
-    summaries = [r for r in summary_rows(records) if r["status"] == "ok"]
-    labels = _labels(summaries)
+    """Rows of categories or parts (`by`), a ms/step and a share column per case and phase."""
+    profiles = [r for r in records if isinstance(r, ProfileRecord)]
+    labels = _labels(profiles)
     table: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if r.get("record") != kind or r["status"] != "ok":
-            continue
-        row = table.setdefault(r[key], {key: r[key]})
-        row[labels[_key(r)]] = (r["ms_per_step"], r["share_pct"])
+    for r in profiles:
+        items = r.categories if by == "category" else r.parts
+        for item in items:
+            name = getattr(item, by)
+            row = table.setdefault(name, {by: name})
+            row[labels[r.case_id]] = (item.ms_per_step, item.share_pct)
     names = [n for n in order if n in table] + sorted(n for n in table if n not in order)
-    columns = [Column.key(key, key)]
+    columns = [Column.key(by, by)]
     for label in labels.values():
         columns += [
             Column(f"{label} ms", _cell(label, 0, 2), numeric=True),
@@ -148,29 +158,32 @@ TOP_COLUMNS = [
 ]
 
 
-def top_rows(records: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def top_rows(records: Sequence[Record], n: int) -> list[dict[str, Any]]:
     """The `n` heaviest operators of each case and phase (torch only: MLX has no operators)."""
-    summaries = {_key(s): s for s in summary_rows(records) if s["status"] == "ok"}
-    labels = _labels(list(summaries.values()))
+    profiles = [r for r in records if isinstance(r, ProfileRecord)]
+    labels = _labels(profiles)
     return [
-        {**r, "case": labels[_key(r)], "steps": summaries[_key(r)]["steps"]}
-        for r in records
-        if r.get("record") == "profile_top_op" and r["status"] == "ok" and r["rank"] <= n
+        {**asdict(op), "case": labels[r.case_id], "steps": max(r.steps, 1)}
+        for r in profiles
+        for op in r.top_ops
+        if op.rank <= n
     ]
 
 
-def what_if_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+def what_if_lines(records: Sequence[Record]) -> list[str]:
     """One line per decode case: ms/token now and with the norm's share removed."""
-    labels = _labels([r for r in rows if r["status"] == "ok"])
+    profiles = [r for r in records if isinstance(r, ProfileRecord)]
+    labels = _labels(profiles)
     lines = []
-    for r in rows:
-        if r["status"] != "ok" or r["phase"] != "decode" or r.get("wall_ms_per_token") is None:
+    for r in profiles:
+        per_token = r.wall_ms_per_token
+        if r.phase != "decode" or per_token is None or r.ms_per_token_without_norm is None:
             continue
+        speedup = "-" if r.max_speedup_from_norm is None else f"{r.max_speedup_from_norm:.2f}x"
         lines.append(
-            f"what if ({labels[_key(r)]}, {r['norm']}): {r['wall_ms_per_token']:.3f} ms/token "
-            f"-> {r['ms_per_token_without_norm']:.3f} ms/token without the norm's "
-            f"{r['norm_share_pct']:.1f}% (at most {r['max_speedup_from_norm']:.2f}x from any "
-            "norm optimisation)"
+            f"what if ({labels[r.case_id]}, {r.norm}): {per_token:.3f} ms/token "
+            f"-> {r.ms_per_token_without_norm:.3f} ms/token without the norm's "
+            f"{r.norm_share.share_pct:.1f}% (at most {speedup} from any norm optimisation)"
         )
     return lines
 
@@ -195,7 +208,7 @@ def show(run: Any, fmt: str, top: int) -> int:
     rows = summary_rows(records)
     failed = sum(r["status"] == "failed" for r in rows)
     if fmt == "json":
-        emit(rows, SUMMARY_COLUMNS, fmt, data={"run": str(run.path), "records": records})
+        emit(rows, SUMMARY_COLUMNS, fmt, data={"run": str(run.path), "records": as_json(records)})
         return failed
     if fmt == "csv":
         emit(rows, SUMMARY_COLUMNS, fmt)
@@ -205,11 +218,11 @@ def show(run: Any, fmt: str, top: int) -> int:
     emit(rows, columns, fmt, title="profile: the norm's share of each phase")
     if any(r["status"] == "ok" for r in rows):
         click.echo()
-        cat_rows, cat_columns = pivot(records, "profile_category", "category", CATEGORIES)
+        cat_rows, cat_columns = pivot(records, "category", CATEGORIES)
         emit(cat_rows, cat_columns, fmt, title=f"time by category ({STEP}, share %)")
         click.echo()
         order = [*NORM_PARTS_FIRST, *(p for p in PARTS if p not in NORM_PARTS_FIRST)]
-        part_rows, part_columns = pivot(records, "profile_part", "part", order)
+        part_rows, part_columns = pivot(records, "part", order)
         emit(part_rows, part_columns, fmt, title=f"time by model part, norms first ({STEP})")
         top_ops = top_rows(records, top)
         if top_ops:
@@ -222,7 +235,7 @@ def show(run: Any, fmt: str, top: int) -> int:
 
 
 def _notes(run: Any, rows: Sequence[dict[str, Any]]) -> list[str]:
-    notes = what_if_lines(rows)
+    notes = what_if_lines(run.records)
     bases = {r.get("time_basis") for r in rows if r["status"] == "ok"}
     if "mlx_staged_eval_wall_time" in bases:
         notes.append(

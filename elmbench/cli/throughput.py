@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from elmbench.cli.options import Column, emit, format_option
+from elmbench.cli.options import Column, as_json, emit, format_option
 from elmbench.cli.run_options import measure_options, spec_from_options
 from elmbench.suites import SuiteSpec
 
@@ -45,6 +45,7 @@ def _scale(row: dict[str, Any], key: str, unit: float) -> float | None:
 THROUGHPUT_COLUMNS = [
     Column.key("model", "model", group=True),
     Column("backend", lambda r: f"{r['backend']}/{r['device']}", group=True),
+    Column.key("kernels", "kernels"),
     Column.key("dtype", "dtype"),
     Column.key("compile", "compile"),
     Column.key("norm", "norm"),
@@ -127,9 +128,9 @@ class Progress:
             self._update(f"{_label(case)}: {what}")
         elif kind == "case":
             self.done += 1
-            failed = [r for r in event["records"] if r["status"] == "failed"]
+            failed = [r for r in event["records"] if r.status == "failed"]
             if failed:
-                self._say(f"case {_label(event['case'])} failed: {failed[0].get('reason')}")
+                self._say(f"case {_label(event['case'])} failed: {failed[0].reason}")
             self._update(f"{_label(event['case'])}: done")
 
     def _update(self, text: str) -> None:
@@ -151,7 +152,10 @@ def _label(case: Any) -> str:
         if case.where
         else f"B{case.batch_size} P{case.prompt_tokens} N{case.gen_tokens}"
     )
-    return f"{case.model} {case.backend} {case.norm} {case.dtype} {case.compile} {shape}"
+    return (
+        f"{case.model} {case.backend} {case.kernels} {case.norm} {case.dtype} {case.compile} "
+        f"{shape}"
+    )
 
 
 def run_and_show(default: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool) -> None:
@@ -187,7 +191,7 @@ def run_and_show(default: SuiteSpec, options: dict[str, Any], fmt: str, quiet: b
     failed = sum(r.get("status") == "failed" for r in rows)
     title = f"{spec.kind} ({spec.name} suite{' with options' if _overridden(options) else ''})"
     if fmt == "json":
-        emit(rows, columns, fmt, data={"run": str(result.path), "records": result.records})
+        emit(rows, columns, fmt, data={"run": str(result.path), "records": as_json(result.records)})
     else:
         emit(rows, columns, fmt, title=title, notes=notes)
     if failed:

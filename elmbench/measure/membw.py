@@ -5,7 +5,7 @@ the best of a few passes after a warm-up counts; GB/s are 1e9 bytes per second. 
 not be beaten by a real kernel, so `measure_roofline` keeps the fastest of several readers:
 `torch.sum`, and the streaming GEMV kernel that CPU decode uses (which reads faster on some CPUs).
 Their buffers are in transparent huge pages where the torch backend puts model weights
-(`elmbench.hugepages`), since the page size alone moved reads here by 10-25%.
+(`elmbench.engine.hugepages`), since the page size alone moved reads here by 10-25%.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from elmbench import hugepages
+from elmbench.engine import hugepages
 from elmbench.errors import ConfigError, UnknownNameError
 
 # auto: torch when installed, else numpy; stream: elmbench's streaming GEMV kernel (needs a C
@@ -142,7 +142,7 @@ def _reader(backend: str, elements: int, threads: int) -> Iterator[tuple[Callabl
                 buf = hugepages.huge_empty((elements,), torch.float32).fill_(1.0)
                 yield (lambda: float(buf.sum())), "torch.sum"
             else:
-                from elmbench.models.cpu_kernels import gemv_eager
+                from elmbench.engine.cpu_kernels import gemv_eager
 
                 shape = (elements // STREAM_ROW, STREAM_ROW)
                 rows = hugepages.huge_empty(shape, torch.float32).fill_(1.0)
@@ -162,7 +162,7 @@ def measure_roofline(size_mib: int = 512, repeats: int = 5) -> dict[str, Any]:
 
     `torch.sum` (numpy without torch) always runs; the streaming GEMV kernel runs when it builds.
     """
-    from elmbench.models.cpu_kernels import KernelUnavailable  # torch is a core dependency
+    from elmbench.engine.cpu_kernels import KernelUnavailable  # torch is a core dependency
 
     results = [measure_read_bandwidth(size_mib, repeats)]
     skipped = []

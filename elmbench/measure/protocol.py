@@ -1,4 +1,5 @@
-"""The measurement protocol: warm-up, then repetitions until a minimum count AND a minimum time.
+"""The measurement protocol: warm-up, then repetitions until a minimum count AND a minimum time
+(and, on demand, until the median is known to a chosen precision, under a time cap).
 
 Every timed region is bracketed by the device sync; sections (prefill, decode) are timed inside a
 repetition with the same clock and sync. `Timing` keeps every raw value, in seconds.
@@ -8,14 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from elmbench.errors import ConfigError
+from elmbench.measure.stats import LEVEL, Summary
+from elmbench.records.codec import to_json
+from elmbench.records.types import ProtocolInfo
 
 TOTAL = "total"  # the section that spans each whole repetition
 _SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -24,13 +27,20 @@ _FSUM_SLACK_S = 1e-9  # float rounding must not cost a repetition when the sum m
 
 @dataclass(frozen=True)
 class Protocol:
-    """How long to measure: warm-up calls, then at least this many repetitions and seconds."""
+    """How long to measure: warm-up calls, then at least this many repetitions and seconds.
+
+    With `precision_pct`, repetitions go on past the minimums until the 95% interval of every
+    timed section's median is within +-precision_pct of it, or until `max_seconds` of measured
+    time (the cap that always comes with it) or `max_repetitions`.
+    """
 
     warmup: int = 2
     min_repetitions: int = 5
     min_seconds: float = 5.0
     max_repetitions: int = 1000  # safety cap; reaching it is reported in `Timing.stopped_by`
     max_cv: float = 0.10  # coefficient of variation above which a timing is flagged unstable
+    precision_pct: float | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,12 +57,14 @@ class Protocol:
             )
         if not self.max_cv > 0:
             problems.append(f"max_cv must be > 0 (found {self.max_cv})")
+        if self.precision_pct is not None and not self.precision_pct > 0:
+            problems.append(f"precision must be > 0% (found {self.precision_pct})")
+        if self.max_seconds is not None and not self.max_seconds >= self.min_seconds:
+            problems.append(
+                f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})"
+            )
         if problems:
             raise ConfigError("measurement protocol: " + "; ".join(problems))
-
-    def to_record(self) -> dict[str, Any]:
-        """The parameters, prefixed `protocol_`, for every record."""
-        return {f"protocol_{k}": v for k, v in asdict(self).items()}
 
 
 class Timer:
@@ -74,41 +86,18 @@ class Timer:
 
 
 @dataclass(frozen=True)
-class Stats:
-    """Summary of one section's raw values (seconds)."""
-
-    n: int
-    mean_s: float
-    median_s: float
-    stdev_s: float | None  # sample standard deviation; None below two values
-    min_s: float
-    max_s: float
-    cv: float | None  # stdev / mean; None when the stdev is None or the mean is 0
-
-    @classmethod
-    def of(cls, values: tuple[float, ...]) -> Stats:
-        """Statistics of a non-empty tuple of seconds."""
-        mean = statistics.fmean(values)
-        stdev = statistics.stdev(values) if len(values) > 1 else None
-        cv = stdev / mean if stdev is not None and mean > 0 else None
-        return cls(
-            len(values), mean, statistics.median(values), stdev, min(values), max(values), cv
-        )
-
-
-@dataclass(frozen=True)
 class Timing:
     """Every raw value per section, with statistics, stability and the protocol that made them."""
 
     protocol: Protocol
     sections: dict[str, tuple[float, ...]]  # TOTAL first; one value per repetition
     warmup_s: tuple[float, ...] = ()  # the warm-up calls (compile time shows here), excluded
-    stopped_by: str = "minimums"  # 'minimums' | 'max_repetitions'
-    _stats: dict[str, Stats] = field(default_factory=dict, init=False, repr=False, compare=False)
+    stopped_by: str = "minimums"  # minimums | precision | max_repetitions | max_seconds
+    _stats: dict[str, Summary] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, values in self.sections.items():
-            self._stats[name] = Stats.of(values)
+            self._stats[name] = Summary.of(values)
 
     @property
     def repetitions(self) -> int:
@@ -120,8 +109,8 @@ class Timing:
         """Summed measured time of all repetitions."""
         return math.fsum(self.sections[TOTAL])
 
-    def stats(self, section: str = TOTAL) -> Stats:
-        """Statistics of one section."""
+    def stats(self, section: str = TOTAL) -> Summary:
+        """Statistics of one section (seconds)."""
         if section not in self._stats:
             raise KeyError(f"no section '{section}'; timed sections: {', '.join(self.sections)}")
         return self._stats[section]
@@ -140,7 +129,7 @@ class Timing:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per unstable section, and one when the repetition cap cut the run short."""
+        """One line per unstable section, and one when a cap cut the measurement short."""
         out = []
         limit = f"{self.protocol.max_cv:.0%}"
         for name in self.sections:
@@ -159,27 +148,67 @@ class Timing:
         if self.stopped_by == "max_repetitions":
             out.append(
                 f"stopped at the {self.protocol.max_repetitions}-repetition cap after "
-                f"{self.measured_s:.3g} s, short of the {self.protocol.min_seconds:g} s minimum"
+                f"{self.measured_s:.3g} s"
+            )
+        if self.stopped_by == "max_seconds" and self.protocol.precision_pct is not None:
+            reached = ", ".join(
+                f"{name} +-{pct:.1f}%" if pct is not None else f"{name} unknown"
+                for name, pct in self.precision_reached().items()
+            )
+            out.append(
+                f"precision +-{self.protocol.precision_pct:g}% not reached within the "
+                f"{self.protocol.max_seconds:g} s cap (reached: {reached})"
             )
         return out
 
-    def to_record(self) -> dict[str, Any]:
-        """JSON-safe flat dict: protocol, counts, and per section raw values and statistics."""
-        record: dict[str, Any] = {
-            **self.protocol.to_record(),
-            "repetitions": self.repetitions,
-            "measured_s": self.measured_s,
-            "stopped_by": self.stopped_by,
-            "warmup_raw_s": list(self.warmup_s),
-            "stable": self.stable(),
-            "timing_warnings": self.warnings,
+    def precision_reached(self) -> dict[str, float | None]:
+        """Half-width of each timed section's 95% interval of the median, in % of the median."""
+        return {
+            name: self._stats[name].ci_half_width_pct
+            if self._stats[name].ci_level >= LEVEL
+            else None
+            for name in _precision_sections(self.sections)
         }
-        for name, values in self.sections.items():
-            st = self.stats(name)
-            record[f"{name}_raw_s"] = list(values)
-            for key in ("mean_s", "median_s", "stdev_s", "min_s", "max_s", "cv"):
-                record[f"{name}_{key}"] = getattr(st, key)
-        return record
+
+    def info(self) -> ProtocolInfo:
+        """The protocol asked for and what it took: for every record of the case."""
+        p = self.protocol
+        return ProtocolInfo(
+            warmup=p.warmup,
+            min_repetitions=p.min_repetitions,
+            min_seconds=p.min_seconds,
+            max_repetitions=p.max_repetitions,
+            max_cv=p.max_cv,
+            repetitions=self.repetitions,
+            measured_s=self.measured_s,
+            stopped_by=self.stopped_by,
+            warmup_raw_s=self.warmup_s,
+            precision_pct=p.precision_pct,
+            max_seconds=p.max_seconds,
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-safe form for a worker's message: the protocol, warnings and raw sections."""
+        return {
+            "protocol": to_json(self.info(), "protocol", []),
+            "warnings": self.warnings,
+            "sections_raw_s": {name: list(values) for name, values in self.sections.items()},
+        }
+
+
+def _precision_sections(sections: Mapping[str, object]) -> list[str]:
+    """The sections the precision target applies to: every timed one, else the total."""
+    named = [name for name in sections if name != TOTAL]
+    return named or [TOTAL]
+
+
+def _precise(sections: Mapping[str, list[float]], target_pct: float) -> bool:
+    for name in _precision_sections(sections):
+        st = Summary.of(sections[name])
+        pct = st.ci_half_width_pct
+        if st.ci_level < LEVEL or pct is None or pct > target_pct:
+            return False
+    return True
 
 
 def run_protocol(
@@ -189,7 +218,7 @@ def run_protocol(
     sync: Callable[[], object] = lambda: None,
     on_repetition: Callable[[int, float], object] | None = None,
 ) -> Timing:
-    """Warm up, then time `fn(timer)` until both minimums hold (or the cap); returns every value.
+    """Warm up, then time `fn(timer)` until the protocol is met (or a cap); returns every value.
 
     `fn` may time sections with `timer.section(name)` and may return a Mapping of extra section
     seconds it measured itself (any other return value is ignored). `on_repetition(done,
@@ -221,17 +250,31 @@ def run_protocol(
         measured = math.fsum(sections[TOTAL])
         if on_repetition is not None:
             on_repetition(done, measured)
-        enough = done >= protocol.min_repetitions and (
-            measured + _FSUM_SLACK_S >= protocol.min_seconds
-        )
-        if enough or done >= protocol.max_repetitions:
+        stop = _stop(protocol, sections, done, measured)
+        if stop is not None:
             break
     return Timing(
         protocol,
         {name: tuple(values) for name, values in sections.items()},
         tuple(warmup),
-        "minimums" if enough else "max_repetitions",
+        stop,
     )
+
+
+def _stop(
+    protocol: Protocol, sections: Mapping[str, list[float]], done: int, measured: float
+) -> str | None:
+    """Why measuring stops after `done` repetitions (None: go on)."""
+    enough = done >= protocol.min_repetitions and (measured + _FSUM_SLACK_S >= protocol.min_seconds)
+    if enough and protocol.precision_pct is None:
+        return "minimums"
+    if enough and _precise(sections, protocol.precision_pct or 0.0):
+        return "precision"
+    if done >= protocol.max_repetitions:
+        return "max_repetitions"
+    if enough and protocol.max_seconds is not None and measured >= protocol.max_seconds:
+        return "max_seconds"
+    return None
 
 
 def _check_section(name: str) -> None:

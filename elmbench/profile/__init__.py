@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elmbench.errors import ConfigError, ElmbenchError
-from elmbench.profile.categories import NORM
 
 PHASES = ("prefill", "decode")
 PHASE_CHOICES = (*PHASES, "both")
@@ -81,36 +80,37 @@ class PhaseProfile:
         plain = per_token * self.tokens_per_step
         return 100.0 * (self.instrumented_ms_per_step - plain) / plain
 
-    def summary(self) -> dict[str, Any]:
-        """One flat JSON-safe record of the headline figures."""
-        norm_cat = next(c for c in self.categories if c["category"] == NORM)
+    def record_fields(self) -> dict[str, Any]:
+        """The fields of this phase's `ProfileRecord` (all but the case and its context), as JSON.
+
+        Times per step are the profiled totals over `steps`; the what-if is the decode time with
+        the norms' measured share removed.
+        """
+        steps = max(self.steps, 1)
+        norm_keys = (
+            "share_pct", "time_ms", "calls_per_step", "share_pct_median_step", "ops_per_step",
+            "leaf_ops_per_step", "ops_per_call", "kernels_per_step", "median_call_us",
+            "median_framework_us",
+        )  # fmt: skip
+
+        def timed(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+            return [{**row, "ms_per_step": row["time_ms"] / steps} for row in rows or []]
+
         return {
-            "phase": self.phase,
             "steps": self.steps,
             "forwards_per_step": self.forwards_per_step,
             "tokens_per_step": self.tokens_per_step,
             "time_basis": self.time_basis,
-            "norm_share_pct": self.norm_share_pct,
-            "norm_share_pct_median_step": self.norm.get("share_pct_median_step"),
-            "norm_time_ms": norm_cat["time_ms"],
-            "norm_calls_per_step": self.norm["calls_per_step"],
-            "norm_ops_per_step": self.norm["ops_per_step"],
-            "norm_ops_per_call": self.norm["ops_per_call"],
-            "norm_median_call_us": self.norm.get("median_call_us"),
-            "norm_median_framework_us": self.norm.get("median_framework_us"),
-            "norm_kernels_per_step": self.norm["kernels_per_step"],
+            "norm_share": {k: self.norm.get(k) for k in norm_keys},
+            "categories": timed(self.categories),
+            "categories_cpu": timed(self.categories_cpu),
+            "parts": timed(self.parts),
             "wall_ms_per_step": list(self.wall_ms_per_step),
-            "wall_ms_per_token": self.wall_ms_per_token,
             "instrumented_ms_per_step": self.instrumented_ms_per_step,
-            "overhead_pct": self.overhead_pct,
             "ms_per_token_without_norm": self.what_if["ms_per_token_without_norm"],
             "max_speedup_from_norm": self.what_if["max_speedup_from_norm"],
-            "what_if_meaning": self.what_if["meaning"],
-            **{
-                f"{c['category'].replace('/', '_')}_share_pct": c["share_pct"]
-                for c in self.categories
-            },
-            **{f"{k}_trace": v for k, v in self.traces.items()},
+            "top_ops": [{"rank": i + 1, **op} for i, op in enumerate(self.top_ops)],
+            "traces": dict(self.traces),
             "notes": list(self.notes),
         }
 
@@ -137,27 +137,17 @@ class ProfileResult:
             )
         return self.phases[phase].norm_share_pct
 
-    def to_records(self, ops: bool = True) -> list[dict[str, Any]]:
-        """Flat JSON-safe records: a summary, categories, parts, top operators (and op rows)."""
-        common = {
-            "backend": self.backend,
-            "model": self.model,
-            "norm": self.norm,
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "prompt_tokens": self.prompt_tokens,
-            "gen_tokens": self.gen_tokens,
+    def phase_fields(self) -> dict[str, dict[str, Any]]:
+        """Each phase's record fields (see `PhaseProfile.record_fields`), with the settings."""
+        return {
+            name: {
+                **ph.record_fields(),
+                "settings": dict(self.settings),
+                "framework_device": self.device,
+            }
+            for name, ph in self.phases.items()
         }
-        records: list[dict[str, Any]] = []
-        for name, ph in self.phases.items():
-            head = {**common, "phase": name}
-            records.append({"record": "profile_summary", **common, **ph.summary(), **self.settings})
-            records += [{"record": "profile_category", **head, **c} for c in ph.categories]
-            records += [{"record": "profile_part", **head, **p} for p in ph.parts]
-            records += [
-                {"record": "profile_top_op", **head, "rank": i + 1, **o}
-                for i, o in enumerate(ph.top_ops)
-            ]
-            if ops:
-                records += [{"record": "profile_op", **head, **r} for r in ph.op_rows]
-        return records
+
+    def op_rows(self) -> list[dict[str, Any]]:
+        """Every phase's raw operator rows (part, operator, calls, times), for the CSV."""
+        return [{"phase": name, **row} for name, ph in self.phases.items() for row in ph.op_rows]

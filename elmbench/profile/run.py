@@ -15,35 +15,17 @@ from typing import Any
 from elmbench.backends.isolate import Job, report_progress
 from elmbench.errors import ConfigError, UnavailableError
 from elmbench.profile import parse_phase
-from elmbench.records import (
-    Record,
-    case_id,
-    case_record,
-    final_records,
-    open_run,
-    read_run,
-)
+from elmbench.records import Context, FailureRecord, ProfileRecord, Record, read_run
+from elmbench.records.codec import from_json, to_json
 from elmbench.suites import SuiteSpec
-from elmbench.throughput.execute import case_context, execute, model_spec, run_path
+from elmbench.throughput.execute import case_context, execute, model_spec
 from elmbench.throughput.plan import Case, Plan, build_plan
+from elmbench.throughput.run import open_or_resume, spec_from_dict
 
 TASK = "elmbench.profile.run:profile_case"
 TRACES = "traces"
 OPS_CSV = "ops.csv"
-SUMMARY = "profile_summary"
-# Record kind -> the key that tells its records apart within one case and phase.
-RECORD_KEYS = {
-    SUMMARY: None,
-    "profile_category": "category",
-    "profile_part": "part",
-    "profile_top_op": "rank",
-}
-# Keys `ProfileResult.to_records` repeats on every record; the case parameters say the same.
-_RESULT_KEYS = ("backend", "model", "norm", "device", "batch_size", "prompt_tokens", "gen_tokens")
-CASE_COLUMNS = (
-    "model", "backend", "device", "norm", "dtype", "compile",
-    "batch_size", "prompt_tokens", "gen_tokens", "phase",
-)  # fmt: skip
+CASE_COLUMNS = (*ProfileRecord.CASE[:-1], "phase")
 OP_COLUMNS = (
     "part", "op", "category", "calls", "calls_per_step", "self_cpu_ms", "self_device_ms", "kernels",
 )  # fmt: skip
@@ -91,20 +73,13 @@ class ProfileRun:
 def trace_label(case: Case) -> str:
     """The case's name in trace folders and files (the phase is appended per trace)."""
     shape = f"b{case.batch_size}-p{case.prompt_tokens}-n{case.gen_tokens}"
-    return "-".join((case.model, case.backend, case.norm, case.dtype, case.compile, shape))
+    parts = (case.model, case.backend, case.kernels, case.norm, case.dtype, case.compile, shape)
+    return "-".join(parts)
 
 
-def record_id(case: Case, phase: str, kind: str = SUMMARY, key: Any = None) -> str:
-    """The id of one profile record of a case and phase."""
-    return case_id(_record_params(case, phase, kind, key))
-
-
-def _record_params(case: Case, phase: str, kind: str, key: Any) -> dict[str, Any]:
-    params = {**case.params(), "phase": phase, "record": kind}
-    sub = RECORD_KEYS[kind]
-    if sub is not None:
-        params[sub] = key
-    return params
+def phase_params(case: Case, phase: str) -> dict[str, Any]:
+    """The case fields of one phase's record."""
+    return {**case.params(), "phase": phase}
 
 
 def check_plan(plan: Plan, spec: SuiteSpec, options: ProfileOptions) -> None:
@@ -148,15 +123,13 @@ def stored_run(
     resume: str | Path, out: str | Path | None = None
 ) -> tuple[SuiteSpec, ProfileOptions]:
     """The spec and options a profile run was started with, so `--resume` needs nothing else."""
-    from elmbench.throughput.run import spec_from_dict
-
-    meta, _ = read_run(run_path(resume, out))
-    if meta.get("kind") != "profile":
-        raise ConfigError(f"{resume}: a '{meta.get('kind')}' run cannot be resumed by profile")
-    stored = meta.get("profile") or {}
+    meta = read_run(resume, out).meta
+    if meta.kind != "profile":
+        raise ConfigError(f"{resume}: a '{meta.kind}' run cannot be resumed by profile")
+    stored = meta.extra.get("profile") or {}
     known = set(ProfileOptions.__dataclass_fields__)
     options = ProfileOptions(**{k: v for k, v in stored.items() if k in known})
-    return spec_from_dict(meta.get("spec") or {}), options
+    return spec_from_dict(meta.spec), options
 
 
 def profile_spec(
@@ -176,42 +149,34 @@ def profile_spec(
     phases = parse_phase(options.phase)
     plan = build_plan(spec)
     check_plan(plan, spec, options)
-    writer = open_run(
-        "profile",
-        spec=spec.to_dict(),
-        seed=spec.seed,
-        device={b: d.to_record() for b, d in plan.devices.items()},
-        extra=None
-        if resume is not None
-        else {"profile": options.to_dict(), "plan_notes": plan.notes, "cases": len(plan.cases)},
-        root=out if resume is None else None,
-        resume=run_path(resume, out) if resume is not None else None,
-        retry_failed=retry_failed,
-    )
+    extra = {"profile": options.to_dict(), "plan_notes": plan.notes, "cases": len(plan.cases)}
+    with open_or_resume("profile", spec, plan, extra, out, resume, retry_failed) as writer:
 
-    def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
-        if result.get("status") != "ok":
-            reason = result.get("reason") or "unknown failure"
-            return [
-                case_record(_record_params(case, ph, SUMMARY, None), "failed", reason)
-                for ph in phases
-            ]
-        context = {**case_context(case, spec, plan), "kind": "profile"}
-        records, ops = _case_records(case, result, writer.path, context)
-        _append_ops(writer.path / OPS_CSV, case, ops)
-        return records
+        def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
+            context = case_context(case, spec, plan)
+            if result.get("status") != "ok":
+                reason = result.get("reason") or "unknown failure"
+                return [
+                    FailureRecord(
+                        ProfileRecord.KIND, phase_params(case, ph), reason, "failed", context
+                    )
+                    for ph in phases
+                ]
+            _append_ops(writer.path / OPS_CSV, case, result["ops"])
+            return _case_records(case, result, writer.path, context)
 
-    measured = execute(
-        plan,
-        writer,
-        done=lambda case: all(writer.done(record_id(case, ph)) for ph in phases),
-        job=lambda case, key: _job(case, spec, plan, options, writer.path, key),
-        key=lambda case: case_id(case.params()),
-        records=to_records,
-        on_event=on_event,
-    )
-    _, records = read_run(writer.path)
-    return ProfileRun(writer.path, plan, options, final_records(records), measured)
+        measured = execute(
+            plan,
+            writer,
+            done=lambda case: all(
+                writer.done(ProfileRecord.case_id_of(phase_params(case, ph))) for ph in phases
+            ),
+            job=lambda case, key: _job(case, spec, plan, options, writer.path, key),
+            key=lambda case: case.case_id,
+            records=to_records,
+            on_event=on_event,
+        )
+    return ProfileRun(writer.path, plan, options, read_run(writer.path).records, measured)
 
 
 def _job(
@@ -232,7 +197,7 @@ def _job(
     return Job(TASK, case.backend, model_spec(case, spec, plan), params, key)
 
 
-def _relative(value: Any, root: Path) -> Any:
+def _relative(value: str, root: Path) -> str:
     """A trace path relative to the run folder, so a moved or committed run still points right."""
     try:
         return str(Path(value).relative_to(root))
@@ -240,36 +205,19 @@ def _relative(value: Any, root: Path) -> Any:
         return value
 
 
-def _case_records(
-    case: Case, result: dict[str, Any], root: Path, context: dict[str, Any]
-) -> tuple[list[Record], list[dict[str, Any]]]:
-    """The worker's flat profile records as run records, and its operator rows for the CSV."""
+def _case_records(case: Case, result: dict[str, Any], root: Path, context: Context) -> list[Record]:
+    """One typed record per profiled phase of the worker's result."""
     records: list[Record] = []
-    ops: list[dict[str, Any]] = []
-    steps: dict[str, int] = {}
-    for raw in result["records"]:
-        kind = raw["record"]
-        if kind == "profile_op":
-            ops.append(raw)
-            continue
-        phase = raw["phase"]
-        sub = RECORD_KEYS[kind]
-        params = _record_params(case, phase, kind, None if sub is None else raw[sub])
-        fields = {
-            k: v for k, v in raw.items() if k not in params and k not in (*_RESULT_KEYS, "record")
+    for phase, fields in result["phases"].items():
+        data = {
+            **phase_params(case, phase),
+            **fields,
+            "traces": {k: _relative(v, root) for k, v in fields["traces"].items()},
+            "ops_csv": OPS_CSV if result["ops"] else None,
         }
-        if kind == SUMMARY:
-            steps[phase] = raw["steps"]
-            fields = {
-                **{k: _relative(v, root) if k.endswith("_trace") else v for k, v in fields.items()},
-                **context,
-                "framework_device": raw["device"],
-                "ops_csv": OPS_CSV if case.backend == "torch" else None,
-            }
-        elif "time_ms" in fields:
-            fields["ms_per_step"] = fields["time_ms"] / steps[phase]
-        records.append(case_record(params, **fields))
-    return records, ops
+        data["context"] = to_json(context, "context", [])
+        records.append(from_json(ProfileRecord, data, f"profile of {case.case_id}"))
+    return records
 
 
 def _append_ops(path: Path, case: Case, ops: list[dict[str, Any]]) -> None:
@@ -311,7 +259,7 @@ def profile_case(job: Job) -> Iterator[dict[str, Any]]:
         else:
             result.phases.update(one.phases)
     assert result is not None  # parse_phase gives at least one phase
-    yield {"status": "ok", "records": result.to_records(ops=True)}
+    yield {"status": "ok", "phases": result.phase_fields(), "ops": result.op_rows()}
 
 
 def _profile(job: Job, target: Any, phase: str) -> Any:

@@ -4,24 +4,15 @@ the loop that sends a plan's unfinished cases to per-backend workers and appends
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from elmbench.backends.isolate import Job, run_isolated
-from elmbench.records import Record, RunWriter, reports_root
+from elmbench.records import Context, Record, RunWriter
 from elmbench.suites import SuiteSpec
 from elmbench.throughput.plan import Case, Plan
 
 Event = dict[str, Any]
-
-
-def run_path(resume: str | Path, out: str | Path | None) -> Path:
-    """A run folder given as a path, or as a run id under the reports root."""
-    path = Path(resume)
-    if not path.exists() and (reports_root(out) / path).exists():
-        return reports_root(out) / path
-    return path
 
 
 def model_spec(case: Case, spec: SuiteSpec, plan: Plan) -> dict[str, Any]:
@@ -34,24 +25,24 @@ def model_spec(case: Case, spec: SuiteSpec, plan: Plan) -> dict[str, Any]:
         "seed": spec.seed,
         "device": plan.devices[case.backend].framework_device,
         "compile": case.compile,
+        "kernels": case.kernels,
         "quantize": spec.quantize,
         "group_size": spec.group_size,
     }
 
 
-def case_context(case: Case, spec: SuiteSpec, plan: Plan) -> dict[str, Any]:
-    """Fields every record of a case carries: device, weights identity, seed."""
+def case_context(case: Case, spec: SuiteSpec, plan: Plan) -> Context:
+    """What every record of a case carries: device profile and hardware, weights, seed."""
     device = plan.devices[case.backend]
-    return {
-        "kind": spec.kind,
-        "device_profile": device.profile.name,
-        "device_hardware": device.detected.hardware,
-        "device_mismatch": device.mismatch,
-        "weights": spec.weights or f"random(seed={spec.seed})",
-        "random_weights": spec.weights is None,
-        "seed": spec.seed,
-        "quantize": spec.quantize,
-    }
+    return Context(
+        device_profile=device.profile.name,
+        device_hardware=device.detected.hardware,
+        device_mismatch=device.mismatch,
+        weights=spec.weights or f"random(seed={spec.seed})",
+        random_weights=spec.weights is None,
+        seed=spec.seed,
+        quantize=spec.quantize,
+    )
 
 
 def execute(
@@ -61,7 +52,7 @@ def execute(
     done: Callable[[Case], bool],
     job: Callable[[Case, str], Job],
     key: Callable[[Case], str],
-    records: Callable[[Case, dict[str, Any]], list[Record]],
+    records: Callable[[Case, dict[str, Any]], Sequence[Record]],
     on_event: Callable[[str, Event], None],
 ) -> int:
     """Run the plan's cases that are not `done` and append their `records`; returns how many ran.
@@ -84,8 +75,9 @@ def execute(
 
     def on_record(result: dict[str, Any]) -> None:
         index, case = todo[result["case_id"]]
-        written = [writer.append(r) for r in records(case, result)]
-        on_event("case", {"index": index, "case": case, "records": written})
+        made = list(records(case, result))
+        writer.append(*made)
+        on_event("case", {"index": index, "case": case, "records": made})
 
     def on_progress(event: dict[str, Any]) -> None:
         index, case = todo[event["case_id"]]

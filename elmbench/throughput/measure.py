@@ -30,6 +30,7 @@ from elmbench.measure.protocol import Protocol, Timer, run_protocol
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
 CASE_PROBE_MIB = 256  # the bandwidth probes beside each case: far larger than any CPU cache
 PAIR_SECONDS = 2.0  # measured seconds between two probes inside a case (~0.3 s a probe)
+DEFAULT_MAX_SECONDS = 60.0  # the time cap per case when a precision is asked without one
 
 
 def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None]:
@@ -48,10 +49,14 @@ def load(backend_name: str, spec: dict[str, Any]) -> tuple[Backend, float | None
 
 def protocol_of(params: dict[str, Any]) -> Protocol:
     """The protocol a job asks for."""
+    precision = params.get("precision_pct")
+    cap = params.get("max_seconds")
     return Protocol(
         warmup=params["warmup"],
         min_repetitions=params["repetitions"],
         min_seconds=params["min_seconds"],
+        precision_pct=precision,
+        max_seconds=cap if cap is not None or precision is None else DEFAULT_MAX_SECONDS,
     )
 
 

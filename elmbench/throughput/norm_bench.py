@@ -14,12 +14,12 @@ from typing import Any
 
 from elmbench.backends.isolate import Job, report_progress
 from elmbench.config import get_config
+from elmbench.dtypes import BYTES, mlx_dtype, torch_dtype
 from elmbench.measure.protocol import Timer, run_protocol
 from elmbench.norms import get_norm
 from elmbench.throughput.measure import _progress, protocol_of
 
 TARGET_REPETITION_S = 1e-3
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def norm_shape(model: str, where: str, tokens: int) -> tuple[int, int, float]:
@@ -33,8 +33,6 @@ def norm_shape(model: str, where: str, tokens: int) -> tuple[int, int, float]:
 
 def _torch_call(norm: str, rows: int, dim: int, eps: float, dtype: str, device: str) -> Any:
     import torch
-
-    from elmbench.checkpoints.torch_load import torch_dtype
 
     module = get_norm(norm, "torch").build(dim, eps).to(device=device, dtype=torch_dtype(dtype))
     x = torch.randn(rows, dim, device=device).to(torch_dtype(dtype))
@@ -52,8 +50,8 @@ def _mlx_call(norm: str, rows: int, dim: int, eps: float, dtype: str, device: st
 
     mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
     module = get_norm(norm, "mlx").build(dim, eps)
-    module.set_dtype(getattr(mx, dtype))
-    x = mx.random.normal((rows, dim)).astype(getattr(mx, dtype))
+    module.set_dtype(mlx_dtype(dtype))
+    x = mx.random.normal((rows, dim)).astype(mlx_dtype(dtype))
     mx.eval(x, module.parameters())
 
     def call() -> None:

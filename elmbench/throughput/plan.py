@@ -11,16 +11,18 @@ from typing import Any
 
 from elmbench.backends import COMPILE_MODES
 from elmbench.devices import ResolvedDevice, resolve_device
+from elmbench.engine import ENGINE, STOCK, unsupported
 from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
+from elmbench.records.types import NormBenchRecord, ThroughputRecord, case_id
 from elmbench.suites import SuiteSpec
 
-# Compile modes per backend; `cudagraphs` needs a CUDA device.
 NATIVE = "native"  # a model's own normalization (OpenELM: naive RMSNorm; OLMo: LayerNorm)
 
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: a model on a backend and device, with one norm, dtype, compile and shape."""
+    """One measurement: a model on a backend and device, with its kernels, norm, dtype, compile
+    mode and shape (a throughput shape, or a norm micro-benchmark shape)."""
 
     model: str
     backend: str
@@ -33,12 +35,22 @@ class Case:
     gen_tokens: int = 0
     tokens: int = 0  # kind 'norms': rows per call
     where: str = ""  # kind 'norms': 'hidden' (model_dim) or 'head' (q/k norm, head_dim)
+    kernels: str = STOCK  # stock, or elmbench's engine
+
+    @property
+    def record_kind(self) -> type[ThroughputRecord] | type[NormBenchRecord]:
+        """The record kind this case produces."""
+        return NormBenchRecord if self.where else ThroughputRecord
 
     def params(self) -> dict[str, Any]:
-        """The case's keys for its id and records (shape keys of the other kind left out)."""
-        out = asdict(self)
-        drop = ("tokens", "where") if self.where == "" else ("prompt_tokens", "gen_tokens")
-        return {k: v for k, v in out.items() if k not in drop}
+        """The case's fields as its records name them (its id and the axes compare matches)."""
+        values = asdict(self)
+        return {name: values[name] for name in self.record_kind.CASE}
+
+    @property
+    def case_id(self) -> str:
+        """The id of the case's record."""
+        return case_id(self.params())
 
 
 @dataclass
@@ -163,6 +175,23 @@ def _model_modes(model: str, modes: list[str], notes: list[str]) -> list[str]:
     return [m for m in modes if m == "none"]
 
 
+def _kernels(
+    spec: SuiteSpec, devices: dict[str, ResolvedDevice], notes: list[str]
+) -> dict[str, list[str]]:
+    """The kernels each backend runs: elmbench's engine only where it can serve the device."""
+    out: dict[str, list[str]] = {}
+    for backend, device in devices.items():
+        reason = unsupported(device.framework_device, backend)
+        if reason is None or ENGINE not in spec.kernels:
+            out[backend] = list(spec.kernels)
+        elif spec.kernels == (ENGINE,) and len(devices) == 1:
+            raise UnavailableError("--kernels elmbench", reason, "Use --kernels stock")
+        else:
+            out[backend] = [k for k in spec.kernels if k != ENGINE]
+            notes.append(f"{backend}: kernels elmbench left out ({reason})")
+    return out
+
+
 def build_plan(spec: SuiteSpec) -> Plan:
     """Resolve devices, norms and compile modes and expand the cases (their product), in order."""
     devices = resolve_devices(spec)
@@ -178,6 +207,7 @@ def build_plan(spec: SuiteSpec) -> Plan:
             devices = {"mlx": devices["mlx"]}
     modes = _compile_modes(spec, devices)
     _check_shapes(spec)
+    kernels = _kernels(spec, devices, notes)
     cases: list[Case] = []
     for device in devices.values():
         if device.mismatch:
@@ -187,19 +217,24 @@ def build_plan(spec: SuiteSpec) -> Plan:
         notes.extend(n for n in left_out if n not in notes)
         key = devices[backend].detected.key
         model_modes = _model_modes(model, modes[backend], notes)
-        for dtype, mode, norm in itertools.product(spec.dtypes, model_modes, norms):
-            if spec.kind == "norms":
+        if spec.kind == "norms":
+            for dtype, norm in itertools.product(spec.dtypes, norms):
                 if norm == NATIVE:
                     continue
                 for where, tokens in itertools.product(("hidden", "head"), spec.norm_tokens):
                     cases.append(
-                        Case(model, backend, key, norm, dtype, mode, tokens=tokens, where=where)
+                        Case(model, backend, key, norm, dtype, "none", tokens=tokens, where=where)
                     )
-                continue
+            continue
+        for kern, dtype, mode, norm in itertools.product(
+            kernels[backend], spec.dtypes, model_modes, norms
+        ):
             for batch, prompt, gen in itertools.product(
                 spec.batch_sizes, spec.prompt_tokens, spec.gen_tokens
             ):
-                cases.append(Case(model, backend, key, norm, dtype, mode, batch, prompt, gen))
+                cases.append(
+                    Case(model, backend, key, norm, dtype, mode, batch, prompt, gen, kernels=kern)
+                )
     if not cases:
         raise ConfigError("the spec expands to no cases; check its models, norms and shapes")
     return Plan(spec, devices, cases, notes)

@@ -12,17 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from elmbench.backends.isolate import Job
-from elmbench.records import Record, RunWriter, final_records, open_run, read_run
+from elmbench.records import Record, RunWriter, open_run, read_run, resume_run, run_path
 from elmbench.suites import SuiteSpec
-from elmbench.throughput.execute import case_context, execute, model_spec, run_path
-from elmbench.throughput.metrics import (
-    FAILED_METRIC,
-    failed_record,
-    metric_id,
-    metrics_of,
-    norm_records,
-    throughput_records,
-)
+from elmbench.throughput.execute import case_context, execute, model_spec
+from elmbench.throughput.metrics import failed_record, norm_record, throughput_record
 from elmbench.throughput.plan import Case, Plan, build_plan
 
 TASKS = {
@@ -54,8 +47,7 @@ def spec_from_dict(data: dict[str, Any]) -> SuiteSpec:
 
 def stored_spec(resume: str | Path, root: str | Path | None = None) -> SuiteSpec:
     """The spec a run was started with, so that `--resume RUN` needs no other option."""
-    meta, _ = read_run(run_path(resume, root))
-    return spec_from_dict(meta.get("spec") or {})
+    return spec_from_dict(read_run(resume, root).meta.spec)
 
 
 def _probe_bandwidth(plan: Plan, stored: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -81,16 +73,36 @@ def _job(case: Case, spec: SuiteSpec, plan: Plan, key: str) -> Job:
         "warmup": spec.warmup,
         "repetitions": spec.repetitions,
         "min_seconds": spec.min_seconds,
+        "precision_pct": spec.precision_pct,
+        "max_seconds": spec.max_seconds,
         "probe_bandwidth": spec.kind == "throughput"
         and plan.devices[case.backend].profile.measured,
     }
     return Job(TASKS[spec.kind], case.backend, model_spec(case, spec, plan), params, key)
 
 
-def _done(writer: RunWriter, case: Case) -> bool:
-    if writer.done(metric_id(case, FAILED_METRIC)):
-        return True
-    return all(writer.done(metric_id(case, m)) for m in metrics_of(case))
+def open_or_resume(
+    kind: str,
+    spec: SuiteSpec,
+    plan: Plan,
+    extra: dict[str, Any],
+    out: str | Path | None,
+    resume: str | Path | None,
+    retry_failed: bool,
+) -> RunWriter:
+    """A new run folder for `spec`, or the resumed one (its own settings, locked)."""
+    if resume is not None:
+        return resume_run(
+            run_path(resume, out), kind=kind, spec=spec.to_dict(), retry_failed=retry_failed
+        )
+    return open_run(
+        kind,
+        spec=spec.to_dict(),
+        seed=spec.seed,
+        device={b: d.to_record() for b, d in plan.devices.items()},
+        extra=extra,
+        root=out,
+    )
 
 
 def run_spec(
@@ -109,39 +121,29 @@ def run_spec(
     plan = build_plan(spec)
     stored_membw = None
     if resume is not None:
-        meta, _ = read_run(run_path(resume, out))
-        stored_membw = meta.get("membw")
+        stored_membw = read_run(resume, out).meta.extra.get("membw")
     membw = _probe_bandwidth(plan, stored_membw)
     extra = {"membw": membw, "plan_notes": plan.notes, "cases": len(plan.cases)}
-    writer = open_run(
-        "throughput",
-        spec=spec.to_dict(),
-        seed=spec.seed,
-        device={b: d.to_record() for b, d in plan.devices.items()},
-        extra=extra if resume is None else None,
-        root=out if resume is None else None,
-        resume=run_path(resume, out) if resume is not None else None,
-        retry_failed=retry_failed,
-    )
+    with open_or_resume("throughput", spec, plan, extra, out, resume, retry_failed) as writer:
 
-    def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
-        device = plan.devices[case.backend]
-        context = case_context(case, spec, plan)
-        if result.get("status") != "ok":
-            return [failed_record(case, result.get("reason", "unknown failure"), context)]
-        if spec.kind == "norms":
-            return norm_records(case, result, device, context)
-        return throughput_records(case, result, device, context)
+        def to_records(case: Case, result: dict[str, Any]) -> list[Record]:
+            device = plan.devices[case.backend]
+            context = case_context(case, spec, plan)
+            if result.get("status") != "ok":
+                return [failed_record(case, result.get("reason", "unknown failure"), context)]
+            if spec.kind == "norms":
+                return [norm_record(case, result, device, context)]
+            return [throughput_record(case, result, device, context)]
 
-    measured = execute(
-        plan,
-        writer,
-        done=lambda case: _done(writer, case),
-        job=lambda case, key: _job(case, spec, plan, key),
-        key=lambda case: metric_id(case, FAILED_METRIC),
-        records=to_records,
-        on_event=on_event,
-    )
-    _, records = read_run(writer.path)
+        measured = execute(
+            plan,
+            writer,
+            done=lambda case: writer.done(case.case_id),
+            job=lambda case, key: _job(case, spec, plan, key),
+            key=lambda case: case.case_id,
+            records=to_records,
+            on_event=on_event,
+        )
+    run = read_run(writer.path)
     done_before = len(plan.cases) - measured
-    return RunResult(writer.path, plan, final_records(records), measured, done_before)
+    return RunResult(writer.path, plan, run.records, measured, done_before)

@@ -1,37 +1,30 @@
-"""Rows for people from metric records: one row per case, the headline metrics as columns."""
+"""Rows for people from typed records: one row per case, the headline figures as columns."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from elmbench.records import Record
-
-CASE_KEYS = (
-    "model", "backend", "device", "norm", "dtype", "compile",
-    "batch_size", "prompt_tokens", "gen_tokens", "where", "tokens",
-)  # fmt: skip
+from elmbench.records import FailureRecord, NormBenchRecord, Record, ThroughputRecord
 
 
 def case_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """Pivot records (one per case and metric) into one row per case, in first-seen order."""
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    """One row per case (throughput, norm micro-benchmark, or its failure), in record order."""
+    rows = []
     for record in records:
-        key = tuple(record.get(k) for k in CASE_KEYS)
-        row = rows.setdefault(key, {k: record[k] for k in CASE_KEYS if k in record})
-        metric = record.get("metric")
-        if record["status"] == "failed":
-            row["status"] = "failed"
-            row["reason"] = record.get("reason")
-        elif record["status"] == "ok" and metric:
-            row[metric] = record.get("value")
-            if metric == "decode_roofline_pct":  # the peak it is a share of (per case on CPUs)
-                row["roofline_gb_per_s"] = record.get("peak_gb_per_s")
-            row.setdefault("status", "ok")
-            if record.get("section_warnings") or record.get("stable") is False:
-                row["stable"] = False
-            row.setdefault("stable", True)
-    return list(rows.values())
+        if isinstance(record, FailureRecord):
+            if record.measurement in (ThroughputRecord.KIND, NormBenchRecord.KIND):
+                rows.append({**record.params, "status": record.status, "reason": record.reason})
+            continue
+        if not isinstance(record, (ThroughputRecord, NormBenchRecord)):
+            continue
+        row: dict[str, Any] = {**record.case(), "status": "ok"}
+        row.update({name: estimate.value for name, estimate in record.metrics.items()})
+        row["stable"] = not any(w.startswith("unstable") for w in record.warnings)
+        if isinstance(record, ThroughputRecord) and record.roofline is not None:
+            row["roofline_gb_per_s"] = record.roofline.peak_gb_per_s
+        rows.append(row)
+    return rows
 
 
 def fastest(rows: Iterable[dict[str, Any]], metric: str) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ preallocated cache does several times the work at batch 1. Longer steps (prefill
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elmbench import hugepages
-from elmbench.models.cpu_kernels import (
+from elmbench.engine import hugepages
+from elmbench.engine.cpu_kernels import (
     CpuKernels,
     attend,
     attend_fits,
@@ -231,12 +230,7 @@ class CpuLayout:
 
 
 def applies(model: nn.Module) -> str | None:
-    """Why the layout does not apply to `model` (None when it does): fp32 or bf16 on the CPU.
-
-    ELMBENCH_GEMV=off turns it off, for measuring the stock kernels against it.
-    """
-    if os.environ.get("ELMBENCH_GEMV", "").lower() in ("0", "off", "no", "false"):
-        return "turned off by ELMBENCH_GEMV"
+    """Why the layout does not apply to `model` (None when it does): fp32 or bf16 on the CPU."""
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return f"device {weight.device.type} (the kernel is for the CPU)"

@@ -83,14 +83,21 @@ def _address(region: mmap.mmap) -> int:
 
 
 def move_parameters(model: nn.Module) -> dict[str, Any]:
-    """Copy `model`'s CPU parameters of 2 MiB or more into huge-page memory; what happened."""
+    """Copy `model`'s CPU parameters of 2 MiB or more into huge-page memory; what happened.
+
+    The smaller ones are copied too (into ordinary memory): a checkpoint's tensors are views of
+    its file's one mapping, which any parameter left on it would keep whole and resident.
+    """
     reason = unavailable()
     if reason is not None:
         return {"used": False, "reason": reason}
     moved = 0
     for param in model.parameters():  # each shared (tied) parameter once
         nbytes = param.numel() * param.element_size()
-        if param.device.type != "cpu" or nbytes < MIN_BYTES:
+        if param.device.type != "cpu":
+            continue
+        if nbytes < MIN_BYTES:
+            param.data = param.data.clone()
             continue
         param.data = huge_copy(param.data)
         moved += nbytes

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from elmbench.native import KernelUnavailable, cache_dir, compile_library
+from elmbench.engine.native import KernelUnavailable, cache_dir, compile_library
 
 MAX_ATTEND_ROWS = 64  # query rows per KV head the attention kernel takes (MAX_ROWS in the C file)
 
@@ -58,7 +58,7 @@ class CpuKernels:
 
 def kernel_source(name: str = "cpu_kernels.c") -> str:
     """A kernel source file shipped with elmbench."""
-    return resources.files("elmbench.models").joinpath(name).read_text()
+    return resources.files("elmbench.engine").joinpath(name).read_text()
 
 
 def _bind(lib: ctypes.CDLL) -> tuple[Any, Any, Any]:

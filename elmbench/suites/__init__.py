@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from elmbench import dtypes
+from elmbench.engine import KERNELS
 from elmbench.errors import ElmbenchError, UnknownNameError
 
 if TYPE_CHECKING:
     from elmbench.accuracy.suites import AccuracySuite
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SUITES_DIR = Path(__file__).resolve().parent  # the shipped suite files sit beside this module
 KINDS = ("throughput", "norms")
 COMPILE_MODES = ("none", "inductor", "cudagraphs", "aoti", "mx.compile")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class SuiteError(ElmbenchError):
@@ -46,9 +46,12 @@ class SuiteSpec:
     gen_tokens: tuple[int, ...] = (128,)
     batch_sizes: tuple[int, ...] = (1,)
     compile: tuple[str, ...] = ("none",)
+    kernels: tuple[str, ...] = ("stock",)  # stock, and/or elmbench (elmbench's CPU engine)
     warmup: int = 1
     repetitions: int = 3
     min_seconds: float = 2.0
+    precision_pct: float | None = None  # repeat until the median's 95% interval is within +-this %
+    max_seconds: float | None = None  # the time cap per case that goes with precision_pct
     seed: int = 0
     norm_tokens: tuple[int, ...] = (1, 512)  # kind 'norms': rows per call of the micro-benchmark
     quantize: int | None = None  # MLX: quantize weights on load to 4 or 8 bits
@@ -84,10 +87,10 @@ def _names(value: Any) -> tuple[str, ...]:
 def _dtypes(value: Any) -> tuple[str, ...]:
     out = []
     for name in _names(value):
-        name = _DTYPE_ALIASES.get(name.lower(), name.lower())
-        if name not in DTYPE_NAMES:
-            raise ValueError(f"dtypes from {', '.join(DTYPE_NAMES)} (or fp32, bf16, fp16)")
-        out.append(name)
+        key = dtypes.ALIASES.get(name.lower(), name.lower())
+        if key not in dtypes.NAMES:
+            raise ValueError(f"dtypes from {', '.join(dtypes.NAMES)} (or fp32, bf16, fp16)")
+        out.append(key)
     return tuple(out)
 
 
@@ -97,6 +100,14 @@ def _compile(value: Any) -> tuple[str, ...]:
         if mode not in COMPILE_MODES:
             raise ValueError(f"modes from {', '.join(COMPILE_MODES)}")
     return modes
+
+
+def _kernels(value: Any) -> tuple[str, ...]:
+    names = _names(value)
+    for name in names:
+        if name not in KERNELS:
+            raise ValueError(f"kernels from {', '.join(KERNELS)}")
+    return tuple(dict.fromkeys(names))
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -132,6 +143,12 @@ def _non_negative_float(value: Any) -> float:
     return float(value)
 
 
+def _positive_float(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError("a number > 0")
+    return float(value)
+
+
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -150,9 +167,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "gen_tokens": _positive_ints,
     "batch_sizes": _positive_ints,
     "compile": _compile,
+    "kernels": _kernels,
     "warmup": _int_at_least(0),
     "repetitions": _int_at_least(1),
     "min_seconds": _non_negative_float,
+    "precision_pct": lambda v: None if v is None else _positive_float(v),
+    "max_seconds": lambda v: None if v is None else _positive_float(v),
     "seed": _int_at_least(0),
     "norm_tokens": _positive_ints,
     "quantize": lambda v: None if v is None else _choice_int((4, 8))(v),

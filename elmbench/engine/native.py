@@ -1,6 +1,6 @@
 """Building elmbench's C sources into shared libraries, cached on disk; no torch or MLX here.
 
-Used by the CPU decode kernels (`elmbench.models.cpu_kernels`) and the OpenBLAS shim for MLX
+Used by the CPU decode kernels (`elmbench.engine.cpu_kernels`) and the OpenBLAS shim for MLX
 (`elmbench.backends.mlx_blas`), which builds before MLX or torch is loaded.
 """
 
