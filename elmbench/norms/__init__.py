@@ -1,6 +1,7 @@
 """Registry of RMSNorm variants per backend: one `(dim, eps)` constructor, one numerics contract.
 
 Entries resolve lazily; `available()` says why a variant cannot run here and how to get it.
+A module that fuses the residual add also offers `add_norm(x, residual) -> (normed, x + residual)`.
 """
 
 from __future__ import annotations
