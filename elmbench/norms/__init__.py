@@ -66,6 +66,7 @@ _INSTALL_HINT = {
 }
 
 _T = "elmbench.norms.torch_norms"
+_TT = "elmbench.norms.triton_norms"
 _M = "elmbench.norms.mlx_norms"
 
 NORMS: dict[str, dict[str, NormVariant]] = {
@@ -98,6 +99,13 @@ NORMS: dict[str, dict[str, NormVariant]] = {
             f"{_T}:apex_rms_norm",
             f"{_T}:apex_available",
             "NVIDIA apex FusedRMSNorm (CUDA kernel)",
+        ),
+        "triton": NormVariant(
+            "triton",
+            "torch",
+            f"{_TT}:TritonRMSNorm",
+            f"{_TT}:triton_available",
+            "elmbench's Triton kernel: the naive formula in one pass, residual add fused in",
         ),
         "layernorm": NormVariant(
             "layernorm",
