@@ -73,6 +73,25 @@ def test_cached_decode_equals_full_forward(setup: Setup) -> None:
     torch.testing.assert_close(cached, setup.logits, rtol=0, atol=1e-4)
 
 
+def test_setup_again_keeps_the_cache_buffers_zeroed(setup: Setup) -> None:
+    """Same shape: the same buffers (CUDA graphs hold their addresses), cleared; else new ones."""
+    model, tokens = setup.model, setup.tokens
+    model.setup_cache(BATCH, SEQ)
+    cache = model.transformer.layers[-1].attn.cache
+    assert cache is not None
+    first = model.prefill(tokens[:, :PREFILL])
+    addresses = (cache.k.data_ptr(), cache.v.data_ptr(), model.causal_mask.data_ptr())
+    model.setup_cache(BATCH, SEQ)
+    assert model.transformer.layers[-1].attn.cache is cache
+    assert (cache.k.data_ptr(), cache.v.data_ptr(), model.causal_mask.data_ptr()) == addresses
+    assert not cache.k.any() and not cache.v.any()  # nothing of the previous prompt is left
+    torch.testing.assert_close(model.prefill(tokens[:, :PREFILL]), first, rtol=0, atol=0)
+    model.setup_cache(1, SEQ)  # another batch size: new buffers
+    assert model.transformer.layers[-1].attn.cache is not cache
+    model.setup_cache(BATCH, SEQ + 1)  # another length: a new mask too
+    assert model.causal_mask.shape == (SEQ + 1, SEQ + 1)
+
+
 def test_prefill_last_only_matches_last_row(setup: Setup) -> None:
     model, tokens = setup.model, setup.tokens
     model.setup_cache(BATCH, SEQ)

@@ -118,6 +118,16 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    def fits(self, shape: tuple[int, ...], like: torch.Tensor) -> bool:
+        """Whether the buffers have this shape and `like`'s dtype and device."""
+        k = self.k
+        return k.shape == shape and k.dtype == like.dtype and k.device == like.device
+
+    def clear(self) -> None:
+        """Zero both buffers in place (their addresses stay)."""
+        self.k.zero_()
+        self.v.zero_()
+
     def update(
         self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,23 +269,26 @@ class OpenELM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
-        """Preallocate every layer's KV cache for `max_seq_len` positions."""
+        """Preallocate every layer's KV cache for `max_seq_len` positions.
+
+        The same shape again keeps the buffers, zeroed: CUDA graphs recorded on their addresses
+        stay valid (new buffers would have them recorded again).
+        """
         weight = self.transformer.token_embeddings.weight
         self.max_seq_len = max_seq_len
         if max_seq_len > self.rope_cos.shape[0]:
             self.reset_buffers(weight.device)
         for layer in self.transformer.layers:
             attn = layer.attn
-            attn.cache = KVCache(
-                batch_size,
-                attn.n_kv,
-                max_seq_len,
-                self.config.head_dim,
-                weight.dtype,
-                weight.device,
-            )
-        causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
-        self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
+            shape = (batch_size, attn.n_kv, max_seq_len, self.config.head_dim)
+            if attn.cache is not None and attn.cache.fits(shape, weight):
+                attn.cache.clear()
+            else:
+                attn.cache = KVCache(*shape, weight.dtype, weight.device)
+        mask = getattr(self, "causal_mask", None)
+        if mask is None or mask.shape[0] != max_seq_len or mask.device != weight.device:
+            causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
+            self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
 
     def forward(
         self, tokens: torch.Tensor, pos: torch.Tensor | None = None, last_only: bool = False
