@@ -90,3 +90,16 @@ def gemv_kernel() -> None:
         cpu_kernels.load_kernels()
     except cpu_kernels.KernelUnavailable as exc:
         pytest.skip(f"the CPU kernels do not build here: {exc}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` skip, with the reason, where no CUDA device is present."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason="no CUDA device"))

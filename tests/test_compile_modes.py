@@ -153,6 +153,30 @@ def test_mx_compile_matches_eager_logits_and_tokens() -> None:
     np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
 
 
+def test_cudagraphs_decode_compiles_with_its_options_on_the_cpu() -> None:
+    """The step CUDA graphs would replay, traced and compiled here (inductor skips the graphs on
+    the CPU): the options are valid and the tokens are eager's. tests/test_cuda.py runs it on CUDA.
+    """
+    from torch._dynamo.utils import counters
+
+    from elmbench.backends.torch_compile import compile_steps
+    from elmbench.checkpoints.torch_load import load_model
+
+    model, _ = load_model("tiny", seed=3)
+    eager = create_backend("torch", ModelSpec(model="tiny", seed=3))
+    steps = compile_steps(model, "cudagraphs")
+    assert steps.details["decode"].startswith("inductor + CUDA graphs, fullgraph, static shapes")
+    model.setup_cache(2, 10)
+    counters.clear()
+    with torch.inference_mode():
+        tokens = [steps.prefill(torch.as_tensor(PROMPT))]
+        for p in range(7, 9):
+            tokens.append(steps.decode(tokens[-1], torch.tensor([p])))
+    got = torch.cat(tokens, dim=1).numpy()
+    np.testing.assert_array_equal(got, eager.generate(PROMPT, 3))
+    assert counters["inductor"]["cudagraph_skips"] >= 1  # only for want of a CUDA device
+
+
 def test_cudagraphs_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(UnavailableError, match="CUDA graphs need a CUDA device"):
         create_backend("torch", ModelSpec(model="tiny", compile="cudagraphs"))

@@ -16,6 +16,7 @@ from elmbench.checkpoints.hf import save_hf
 from elmbench.checkpoints.layout import expected_shapes
 from elmbench.checkpoints.torch_load import build_model, load_state
 from elmbench.config import ElmConfig, get_config
+from elmbench.models import openelm_torch
 from elmbench.models.openelm_torch import (
     OpenELM,
     OpenELMFeedForwardNetwork,
@@ -25,6 +26,7 @@ from elmbench.models.openelm_torch import (
     rope_tables,
 )
 from elmbench.norms import get_norm
+from elmbench.norms.torch_norms import NaiveRMSNorm
 
 BATCH, SEQ, PREFILL = 2, 12, 5
 
@@ -69,6 +71,25 @@ def test_cached_decode_equals_full_forward(setup: Setup) -> None:
     assert cached.shape == setup.logits.shape
     # Same fp32 arithmetic on the same values; only SDPA's masked-buffer reduction order differs.
     torch.testing.assert_close(cached, setup.logits, rtol=0, atol=1e-4)
+
+
+def test_setup_again_keeps_the_cache_buffers_zeroed(setup: Setup) -> None:
+    """Same shape: the same buffers (CUDA graphs hold their addresses), cleared; else new ones."""
+    model, tokens = setup.model, setup.tokens
+    model.setup_cache(BATCH, SEQ)
+    cache = model.transformer.layers[-1].attn.cache
+    assert cache is not None
+    first = model.prefill(tokens[:, :PREFILL])
+    addresses = (cache.k.data_ptr(), cache.v.data_ptr(), model.causal_mask.data_ptr())
+    model.setup_cache(BATCH, SEQ)
+    assert model.transformer.layers[-1].attn.cache is cache
+    assert (cache.k.data_ptr(), cache.v.data_ptr(), model.causal_mask.data_ptr()) == addresses
+    assert not cache.k.any() and not cache.v.any()  # nothing of the previous prompt is left
+    torch.testing.assert_close(model.prefill(tokens[:, :PREFILL]), first, rtol=0, atol=0)
+    model.setup_cache(1, SEQ)  # another batch size: new buffers
+    assert model.transformer.layers[-1].attn.cache is not cache
+    model.setup_cache(BATCH, SEQ + 1)  # another length: a new mask too
+    assert model.causal_mask.shape == (SEQ + 1, SEQ + 1)
 
 
 def test_prefill_last_only_matches_last_row(setup: Setup) -> None:
@@ -326,3 +347,51 @@ def test_model_with_other_norms_equals_naive(norm: str) -> None:
     assert other.state_dict().keys() == expected_shapes(cfg).keys()
     # fp32, same formula; only the reduction order inside the norm kernel differs.
     torch.testing.assert_close(other(tokens), naive, rtol=1e-5, atol=1e-5)
+
+
+# Residual adds through the norms ------------------------------------------------------------------
+
+
+class AddNormStandIn(NaiveRMSNorm):
+    """Naive RMSNorm that offers `add_norm`, as the Triton variant does, and counts its calls."""
+
+    calls = 0
+
+    def add_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        AddNormStandIn.calls += 1
+        summed = x + residual
+        return self(summed), summed
+
+
+def _written_out(model: openelm_torch.OpenELM, tokens: torch.Tensor) -> torch.Tensor:
+    """The released block, unfused: h = x + attn(attn_norm(x)); y = h + ffn(ffn_norm(h))."""
+    t = tokens.shape[1]
+    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+    x = model.transformer.token_embeddings(tokens)
+    for layer in model.transformer.layers:
+        h = x + layer.attn(layer.attn_norm(x), cos, sin, None, None)
+        x = h + layer.ffn(layer.ffn_norm(h))
+    embedding = model.transformer.token_embeddings.weight
+    return torch.nn.functional.linear(model.transformer.norm(x), embedding)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_model_adds_through_add_norm_and_equals_the_released_block(
+    monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    cfg, state, _ = load_state("tiny", seed=5, dtype=dtype)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    naive = build_model(cfg, state)
+    monkeypatch.setattr(openelm_torch, "norm_factory", lambda name: AddNormStandIn)
+    AddNormStandIn.calls = 0
+    fused = build_model(cfg, state)  # strict load: the keys are unchanged
+    with torch.no_grad():
+        want = _written_out(naive, tokens)
+        # Norms without `add_norm` add, then normalize: the released block to the bit.
+        assert torch.equal(naive(tokens), want)
+        got = fused(tokens)
+    # Each residual add went to a norm: attn_norm of layers 2.., every ffn_norm, the final norm.
+    assert AddNormStandIn.calls == 2 * cfg.num_layers
+    assert torch.equal(got, want)

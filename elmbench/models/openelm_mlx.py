@@ -3,7 +3,8 @@
 Same classes in the same order; attribute names equal the HF checkpoint keys, so
 `load_weights(strict=True)` is the compatibility test. Framework differences: RoPE and attention are
 MLX's fast kernels (`mx.fast.rope` with a position offset, `mx.fast.scaled_dot_product_attention`
-with native GQA), so there are no RoPE tables or mask buffers, and a position is a Python int.
+with native GQA), so there are no RoPE tables or mask buffers, and a position is a Python int;
+each residual add stays in its block (mx.compile fuses it), where torch hands it to the next norm.
 Nothing here evaluates: logits come back lazy and the caller decides when to `mx.eval`.
 """
 

@@ -53,6 +53,23 @@ def norm_factory(name: str) -> NormFactory:
     return variant.build
 
 
+def add_norm(
+    norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(norm(x + residual), x + residual)`, in one kernel where the variant has `add_norm`.
+
+    Without a residual, `(norm(x), x)`. Other variants add, then normalize, as the release does.
+    """
+    if residual is None:
+        return norm(x), x
+    fused = getattr(norm, "add_norm", None)
+    if fused is not None:
+        normed, summed = fused(x, residual)
+        return normed, summed
+    summed = x + residual
+    return norm(summed), summed
+
+
 def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 cos/sin tables (length, head_dim) for rotate-half RoPE over the full head."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -100,6 +117,16 @@ class KVCache(nn.Module):
         shape = (batch, kv_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def fits(self, shape: tuple[int, ...], like: torch.Tensor) -> bool:
+        """Whether the buffers have this shape and `like`'s dtype and device."""
+        k = self.k
+        return k.shape == shape and k.dtype == like.dtype and k.device == like.device
+
+    def clear(self) -> None:
+        """Zero both buffers in place (their addresses stay)."""
+        self.k.zero_()
+        self.v.zero_()
 
     def update(
         self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -172,7 +199,11 @@ class OpenELMFeedForwardNetwork(nn.Module):
 
 
 class OpenELMDecoderLayer(nn.Module):
-    """Pre-norm block: h = x + attn(attn_norm(x)); y = h + ffn(ffn_norm(h))."""
+    """Pre-norm block: h = x + attn(attn_norm(x)); y = h + ffn(ffn_norm(h)).
+
+    Each residual add is done by the norm that reads its sum (`add_norm`): the block takes the
+    previous block's FFN output undone and returns its own, for the next norm to add.
+    """
 
     def __init__(self, cfg: ElmConfig, layer: int, make_norm: NormFactory) -> None:
         super().__init__()
@@ -184,13 +215,16 @@ class OpenELMDecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        ffn_out: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         pos: torch.Tensor | None,
         mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), cos, sin, pos, mask)
-        return h + self.ffn(self.ffn_norm(h))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on the stream `x + ffn_out` (None: x alone); (h, this block's FFN output)."""
+        normed, x = add_norm(self.attn_norm, x, ffn_out)
+        normed, h = add_norm(self.ffn_norm, x, self.attn(normed, cos, sin, pos, mask))
+        return h, self.ffn(normed)
 
 
 class OpenELMModel(nn.Module):
@@ -235,23 +269,26 @@ class OpenELM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
-        """Preallocate every layer's KV cache for `max_seq_len` positions."""
+        """Preallocate every layer's KV cache for `max_seq_len` positions.
+
+        The same shape again keeps the buffers, zeroed: CUDA graphs recorded on their addresses
+        stay valid (new buffers would have them recorded again).
+        """
         weight = self.transformer.token_embeddings.weight
         self.max_seq_len = max_seq_len
         if max_seq_len > self.rope_cos.shape[0]:
             self.reset_buffers(weight.device)
         for layer in self.transformer.layers:
             attn = layer.attn
-            attn.cache = KVCache(
-                batch_size,
-                attn.n_kv,
-                max_seq_len,
-                self.config.head_dim,
-                weight.dtype,
-                weight.device,
-            )
-        causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
-        self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
+            shape = (batch_size, attn.n_kv, max_seq_len, self.config.head_dim)
+            if attn.cache is not None and attn.cache.fits(shape, weight):
+                attn.cache.clear()
+            else:
+                attn.cache = KVCache(*shape, weight.dtype, weight.device)
+        mask = getattr(self, "causal_mask", None)
+        if mask is None or mask.shape[0] != max_seq_len or mask.device != weight.device:
+            causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=weight.device)
+            self.register_buffer("causal_mask", torch.tril(causal), persistent=False)
 
     def forward(
         self, tokens: torch.Tensor, pos: torch.Tensor | None = None, last_only: bool = False
@@ -266,10 +303,10 @@ class OpenELM(nn.Module):
         else:
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]
             mask = self.causal_mask[pos]  # (T, S_max): key j visible to query i iff j <= pos[i]
-        x = self.transformer.token_embeddings(tokens)
+        x, ffn_out = self.transformer.token_embeddings(tokens), None
         for layer in self.transformer.layers:
-            x = layer(x, cos, sin, pos, mask)
-        x = self.transformer.norm(x)
+            x, ffn_out = layer(x, ffn_out, cos, sin, pos, mask)
+        x, _ = add_norm(self.transformer.norm, x, ffn_out)
         if last_only:
             x = x[:, -1:]
         with part("head"):

@@ -1,6 +1,7 @@
 """Registry of RMSNorm variants per backend: one `(dim, eps)` constructor, one numerics contract.
 
 Entries resolve lazily; `available()` says why a variant cannot run here and how to get it.
+A module that fuses the residual add also offers `add_norm(x, residual) -> (normed, x + residual)`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ _INSTALL_HINT = {
 }
 
 _T = "elmbench.norms.torch_norms"
+_TT = "elmbench.norms.triton_norms"
 _M = "elmbench.norms.mlx_norms"
 
 NORMS: dict[str, dict[str, NormVariant]] = {
@@ -97,6 +99,13 @@ NORMS: dict[str, dict[str, NormVariant]] = {
             f"{_T}:apex_rms_norm",
             f"{_T}:apex_available",
             "NVIDIA apex FusedRMSNorm (CUDA kernel)",
+        ),
+        "triton": NormVariant(
+            "triton",
+            "torch",
+            f"{_TT}:TritonRMSNorm",
+            f"{_TT}:triton_available",
+            "elmbench's Triton kernel: the naive formula in one pass, residual add fused in",
         ),
         "layernorm": NormVariant(
             "layernorm",

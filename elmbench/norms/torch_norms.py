@@ -12,9 +12,9 @@ from torch import nn
 from elmbench.norms import Availability
 
 APEX_HINT = (
-    "Build NVIDIA apex with its fused_layer_norm_cuda extension on a CUDA machine, e.g. from "
-    "shared/third_party/apex-6424da3b.tar.gz: APEX_CPP_EXT=1 APEX_CUDA_EXT=1 pip install -v "
-    "--no-build-isolation . (never 'pip install apex': that PyPI package is unrelated)"
+    "Build apex.normalization and its fused_layer_norm_cuda extension on a CUDA machine with "
+    "scripts/build_apex.sh (from the vendored shared/third_party/apex-6424da3b.tar.gz; see "
+    "docs/gpu.md); never 'pip install apex': that PyPI package is unrelated"
 )
 
 
