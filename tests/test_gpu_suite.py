@@ -1,4 +1,4 @@
-"""suites/gpu.yaml: its plan on an H100 (faked here) with and without apex and Triton, and its
+"""The gpu suite: its plan on an H100 (faked here) with and without apex and Triton, and its
 clear error on a machine without a GPU."""
 
 from __future__ import annotations
