@@ -153,8 +153,6 @@ def check_task_data(tasks: Sequence[AccuracyTask], data: Path | None) -> None:
                     raise ElmbenchError(f"task '{name}' has no local data: expected {data / rel}")
 
 
-
-
 # Output --------------------------------------------------------------------------------------
 
 SPEED_COLUMNS = [
@@ -175,9 +173,7 @@ def _num(value: Any, digits: int) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
-def _report(
-    records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_dir: Path
-) -> None:
+def _report(records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_dir: Path) -> None:
     """The summary table per norm variant, whether the variants agree, and the speed per task."""
     from dataclasses import asdict
 
