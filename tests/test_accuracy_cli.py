@@ -56,7 +56,7 @@ def common(sp_model: Path, out: Path) -> list[str]:
     """Options of a quick pipeline run: tiny random model, test tokenizer, the data samples."""
     return [
         "--model", "tiny", "--allow-random", "--tokenizer", str(sp_model),
-        "--data-dir", str(DATA), "--limit", str(LIMIT), "--batch-size", "4", "--out", str(out),
+        "--data-dir", str(DATA), "--limit", str(LIMIT), "--eval-batch-size", "4", "--out", str(out),
     ]  # fmt: skip
 
 
@@ -210,7 +210,7 @@ def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_pa
     assert result.stdout.splitlines()[0].startswith("norm,row,ARC-c*,CrowS-Pairs,MMLU")
     # Settings given again must match the run's.
     refused = invoke("--resume", str(run), "--limit", "5")
-    assert_one_line_error(refused, "other settings", "limit")
+    assert_one_line_error(refused, "its own settings; these differ", "--limit (run: 3, given: 5)")
 
 
 # Clear errors, each before any run folder is made ---------------------------------------------
@@ -221,7 +221,7 @@ def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_pa
     [
         (["--allow-random"], ["no tokenizer given", "--tokenizer PATH"]),
         (["--allow-random", "--tokenizer", "/no/such/tokenizer.model"], ["does not exist"]),
-        ([], ["accuracy needs trained weights", "--allow-random"]),
+        ([], ["'tiny' has no released weights", "--weights PATH", "--allow-random"]),
         (["--weights", "/no/such/ckpt"], ["weights path '/no/such/ckpt' does not exist"]),
         (
             ["--allow-random", "--tasks", "ARC-x"],
@@ -257,6 +257,52 @@ def test_clear_errors(args: list[str], needles: list[str], tmp_path: Path, sp_mo
         base += ["--tasks", "PIQA"]  # in the samples: only the error under test can stop the run
     assert_one_line_error(invoke(*base, *args), *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_alone_asks_the_hub_and_offline_names_the_two_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke("--model", "1_1b", "--data-dir", str(DATA), "--out", str(tmp_path / "out"))
+    assert_one_line_error(
+        result,
+        "weights 'apple/OpenELM-1_1B' cannot be had from the Hugging Face Hub",
+        "--weights PATH (a local copy of apple/OpenELM-1_1B)",
+        "--tokenizer PATH (LLaMA-2's tokenizer.model)",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_hub_path_fetches_the_released_weights_and_the_papers_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_checkpoint: Any, sp_model: Path
+) -> None:
+    """`--model 270m` alone: the weights from apple/OpenELM-270M, the tokenizer from LLaMA-2's
+    repository (the Hub itself is faked here: there is no network)."""
+    from elmbench.accuracy import inputs, tokenizer
+    from elmbench.config import get_config
+
+    asked: list[str] = []
+    folder = write_checkpoint(get_config("270m"), seed=1)
+
+    def fake_download(repo: str, **kw: Any) -> str:
+        asked.append(repo)
+        return str(folder)
+
+    def fake_tokenizer(spec: str | None) -> Any:
+        asked.append(str(spec))
+        return tokenizer.SentencePieceTokenizer(sp_model)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
+    monkeypatch.setattr(tokenizer, "load_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(inputs, "hub_offline", lambda: False)
+    result = invoke(
+        "--model", "270m", "--data-dir", str(DATA), "--tasks", "PIQA", "--limit", "2",
+        "--out", str(tmp_path), "--format", "json", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert asked[0] == "apple/OpenELM-270M" and set(asked[1:]) == {"meta-llama/Llama-2-7b-hf"}
+    record = json.loads(result.stdout)["records"][0]
+    assert record["paper_model"] == "OpenELM-270M" and record["random_weights"] is False
 
 
 def test_offline_without_a_data_folder_is_a_clear_error(tmp_path: Path, sp_model: Path) -> None:

@@ -92,7 +92,7 @@ def test_cli_under_two_ranks_writes_one_run_equal_to_one_process(
         return [
             sys.executable, "-m", "elmbench", "accuracy", "--model", "tiny", "--allow-random",
             "--tokenizer", str(sp_model), "--data-dir", str(DATA), "--suite", "llm360",
-            "--tasks", "PIQA,TruthfulQA", "--limit", "6", "--batch-size", "4",
+            "--tasks", "PIQA,TruthfulQA", "--limit", "6", "--eval-batch-size", "4",
             "--out", str(out), "--format", "json",
         ]  # fmt: skip
 

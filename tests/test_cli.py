@@ -323,3 +323,62 @@ def test_env_probes_report_missing_packages(monkeypatch: pytest.MonkeyPatch) -> 
     assert info["cuda"]["available"] is False and NOT_INSTALLED in info["cuda"]["reason"]
     assert info["apple"]["mps_available"] is False
     assert package_version("no-such-distribution-elmbench") == NOT_INSTALLED
+
+
+# One option, one form, in every run command ----------------------------------------------------
+
+RUN_COMMANDS = ("throughput", "profile", "accuracy")
+SHARED = (
+    "suite", "model", "weights", "device", "backend", "kernels", "norm", "dtype", "seed",
+    "quantize", "group_size", "out", "resume", "retry_failed", "report", "quiet", "fmt",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_run_commands_share_each_options_name_flags_and_value_form(name: str) -> None:
+    forms = set()
+    for command in RUN_COMMANDS:
+        (option,) = [p for p in cli.commands[command].params if p.name == name]
+        forms.add((tuple(option.opts), tuple(option.secondary_opts), option.multiple,
+                   option.metavar, option.is_flag, option.type.name))  # fmt: skip
+    assert len(forms) == 1, forms
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_list_options_take_commas_and_repeats_alike(command: str) -> None:
+    from elmbench.cli.run_options import split
+
+    params = {p.name: p for p in cli.commands[command].params}
+    for name in ("model", "norm", "dtype", "kernels"):
+        assert params[name].multiple
+    assert split(("270m,450m", "1_1b")) == ["270m", "450m", "1_1b"]
+
+
+def test_distinct_meanings_have_distinct_names() -> None:
+    throughput = {p.name for p in cli.commands["throughput"].params}
+    accuracy = {p.name for p in cli.commands["accuracy"].params}
+    assert "batch_size" in throughput and "batch_size" not in accuracy  # generation batch
+    assert "eval_batch_size" in accuracy  # scoring batch
+    assert "min_seconds" not in {p.name for p in cli.commands["profile"].params}
+
+
+def test_the_group_lists_commands_in_the_order_a_user_needs_them() -> None:
+    top = ok("--help").stdout
+    order = ["throughput", "profile", "accuracy", "models", "devices", "norms", "suites", "env"]
+    at = [top.index(f"  {name} ") for name in order]
+    assert at == sorted(at)
+
+
+def test_devices_lists_profiles_and_says_which_are_here() -> None:
+    rows = json.loads(ok("devices", "--format", "json").stdout)
+    by = {r["name"]: r for r in rows}
+    assert by["h100"]["bandwidth_gb_per_s"] == 3350 and by["h100"]["present"] == "no"
+    assert by["cpu"]["present"] == "yes" and by["cpu"]["bandwidth_gb_per_s"] is None
+    assert {"m2max", "h200", "a100", "rtx4090"} <= set(by)
+
+
+def test_usage_errors_are_one_line_too() -> None:
+    result = CliRunner().invoke(cli, ["throughput", "--nosuch"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: No such option")
+    assert len(result.stderr.splitlines()) == 1

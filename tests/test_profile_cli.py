@@ -208,7 +208,7 @@ def test_comparison_models_are_built_by_name_in_the_worker(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--phase", "decod"], "unknown phase 'decod'. Valid phases: prefill, decode, both"),
+        (["--phase", "decod"], "'decod' is not one of 'prefill', 'decode', 'both'"),
         (["--norm", "apex"], "norm 'apex' (torch) is not available here"),
         (["--device", "cuda"], "device"),
         (["--compile", "cudagraphs"], "CUDA graphs need a CUDA device"),

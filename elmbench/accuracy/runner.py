@@ -33,10 +33,11 @@ class AccuracyPlan:
     data_dir: Path | None = None
     tasks: tuple[str, ...] = ()  # labels or lm-eval names; empty: the whole suite
     limit: int | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto"
     allow_random: bool = False
     cache_dir: Path | None = None  # lm-eval request cache: an interrupted run continues
     weights_name: str | None = None  # --weights as given (a path or an HF id), for the paper model
+    model_label: str | None = None  # the model's name in records (default: its config's)
 
 
 def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def _run_norm(
         "device": spec.device,
         "dtype": spec.dtype,
         "norm": norm,
-        "model": backend.config.name,
+        "model": plan.model_label or backend.config.name,
         "paper_model": paper.name,
         "paper_model_from": paper.source,
         **identity,

@@ -72,6 +72,12 @@ class HFTokenizer:
             self.tok: Any = AutoTokenizer.from_pretrained(self.name, local_files_only=offline)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "gated" in str(exc).lower() or "401" in first or "403" in first:
+                raise ElmbenchError(
+                    f"tokenizer '{self.name}' is gated on the Hugging Face Hub: accept its "
+                    "license on its page and log in (`hf auth login`), or give --tokenizer PATH "
+                    "to a local tokenizer.model"
+                ) from None
             raise ElmbenchError(
                 f"tokenizer '{self.name}' cannot be loaded ({first}). {HINT}"
             ) from None

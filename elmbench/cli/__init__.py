@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
@@ -16,10 +17,10 @@ from elmbench.errors import ElmbenchError
 
 # Each module exposes `COMMANDS`, a list of click commands; add a module here to add its commands.
 COMMAND_MODULES = (
-    "elmbench.cli.info",
     "elmbench.cli.throughput",
-    "elmbench.cli.accuracy",
     "elmbench.cli.profile",
+    "elmbench.cli.accuracy",
+    "elmbench.cli.info",
 )
 
 
@@ -30,7 +31,22 @@ def fail(err: ElmbenchError) -> NoReturn:
 
 
 class ElmbenchGroup(click.Group):
-    """A group that turns domain errors from any subcommand (its options included) into `fail`."""
+    """The command group: commands listed in the order a user needs them, summaries whole, and
+    every user mistake (a domain error, or click's own usage error) one `error:` line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Commands in the order they were added (the order of COMMAND_MODULES), not sorted."""
+        return list(self.commands)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with the whole first line of its docstring."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands[name]
+            if not command.hidden:
+                rows.append((name, (command.help or "").strip().splitlines()[0]))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand; an ElmbenchError becomes a one-line message and its exit code."""
@@ -38,6 +54,28 @@ class ElmbenchGroup(click.Group):
             return super().invoke(ctx)
         except ElmbenchError as err:
             fail(err)
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        standalone_mode: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """As click's, but a usage error (unknown option, bad value) is one `error:` line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx is not None else "elmbench"
+            fail(ElmbenchError(f"{err.format_message()} (see: {where} --help)"))
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except ElmbenchError as err:  # raised outside any subcommand, e.g. by the group itself
+            fail(err)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(
@@ -59,7 +97,4 @@ def main() -> None:
     from elmbench.backends import mlx_blas
 
     mlx_blas.allow_restart()  # MLX work in this process may restart it with OpenBLAS
-    try:
-        cli.main(prog_name="elmbench")
-    except ElmbenchError as err:  # raised outside any subcommand, e.g. by the group itself
-        fail(err)
+    cli.main(prog_name="elmbench")

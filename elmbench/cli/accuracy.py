@@ -1,23 +1,40 @@
 """`elmbench accuracy`: the paper's lm-eval suites, one record per task and metric, resumable.
 
 Each task is one `run_accuracy` call, so its records (with its evaluation speed) are appended as
-soon as it finishes and a resumed run skips the tasks it already has.
+soon as it finishes and a resumed run skips the tasks it already has. Every input is checked
+before the run folder is made.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from elmbench.cli.options import Column, as_json, emit, format_option, model_option
-from elmbench.errors import ElmbenchError
+from elmbench.accuracy.inputs import (
+    PAPER_TOKENIZER,
+    absolute,
+    check_task_data,
+    load_accuracy_suite,
+    official_weights,
+    weights_path,
+)
+from elmbench.cli.options import Column, as_json, emit
+from elmbench.cli.run_options import (
+    OUTPUT,
+    SESSION_OPTIONS,
+    check_session,
+    flag,
+    given,
+    run_options,
+    split,
+)
+from elmbench.errors import ConfigError, ElmbenchError
 
 if TYPE_CHECKING:
     from elmbench.accuracy.runner import AccuracyPlan
@@ -25,14 +42,15 @@ if TYPE_CHECKING:
     from elmbench.records import AccuracyRecord, RunWriter
 
 Record = dict[str, Any]
-DTYPES = ("float32", "bfloat16", "float16")
 CACHE_DIR = "lm_eval_cache"  # lm-eval's request cache inside the run folder, for --resume
-# Options a resumed run takes from its run.json when they are not given again.
-RESUMABLE = (
-    "model", "weights", "suite", "tasks", "limit", "batch_size", "device", "backend", "dtype",
-    "norm", "tokenizer", "data_dir", "allow_random", "seed",
+DEFAULT_SUITE = "zero_shot"
+# The settings of a run (run.json's spec), and the options they come from.
+SETTINGS = (
+    "models", "weights", "tokenizer", "suite", "tasks", "limit", "eval_batch_size", "device",
+    "backend", "kernels", "norms", "dtypes", "data_dir", "allow_random", "seed", "quantize",
+    "group_size",
 )  # fmt: skip
-_HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+OPTION_OF = {"models": "model", "norms": "norm", "dtypes": "dtype"}
 
 
 @dataclass
@@ -89,68 +107,6 @@ def measured_adapter(speed: EvalSpeed) -> type:
             return self._timed(len(requests), super().generate_until, requests, disable_tqdm)
 
     return MeasuredLM
-
-
-# Checks of user input, all before a run folder is made -----------------------------------------
-
-
-def load_accuracy_suite(name: str) -> AccuracySuite:
-    """An accuracy suite by name (zero_shot, openllm, llm360) or YAML path."""
-    from elmbench.accuracy.suites import AccuracySuite
-    from elmbench.suites import list_suites, load_suite, suite_path
-
-    suite = load_suite(suite_path(name))
-    if not isinstance(suite, AccuracySuite):
-        accuracy = [p.stem for p in list_suites() if "kind: accuracy" in p.read_text()]
-        raise ElmbenchError(
-            f"suite '{name}' is a {suite.kind} suite, not an accuracy suite; accuracy suites: "
-            f"{', '.join(accuracy)}"
-        )
-    return suite
-
-
-def weights_path(weights: str | None) -> str | None:
-    """A local weights path as given, or a Hugging Face id fetched to the local cache."""
-    if weights is None or Path(weights).expanduser().exists():
-        return None if weights is None else str(Path(weights).expanduser())
-    if weights.startswith((".", "/", "~")) or not _HF_ID.fullmatch(weights):
-        raise ElmbenchError(
-            f"weights path '{weights}' does not exist; give an HF folder, a CoreNet .pt file, an "
-            "MLX folder or a Hugging Face id such as apple/OpenELM-1_1B"
-        )
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    try:
-        return str(
-            snapshot_download(
-                weights, allow_patterns=["*.json", "*.safetensors"], local_files_only=offline
-            )
-        )
-    except Exception as exc:  # hub errors have many types; all mean "not available here"
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ElmbenchError(
-            f"weights '{weights}' cannot be had from the Hugging Face Hub ({first}); "
-            "give --weights PATH to a local checkpoint"
-        ) from None
-
-
-def check_task_data(tasks: Sequence[AccuracyTask], data: Path | None) -> None:
-    """Every task's local files exist (offline), or the Hub may be used (online)."""
-    from elmbench.accuracy.taskdata import expand_tasks, local_task
-
-    if data is None:
-        if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ElmbenchError(
-                "the Hugging Face Hub is offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and no task "
-                "data folder is given: use --data-dir DIR or set ELMBENCH_DATA"
-            )
-        return
-    for task in tasks:
-        for name in expand_tasks([task.task], data):
-            for rel in local_task(name).files.values():
-                if not (data / rel).is_file():
-                    raise ElmbenchError(f"task '{name}' has no local data: expected {data / rel}")
 
 
 # Output --------------------------------------------------------------------------------------
@@ -223,168 +179,235 @@ def _report(records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_d
 # The command ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Combination:
+    """One model, dtype and kernels of the run, with its weights: a backend loaded per task."""
+
+    model: str | None
+    dtype: str
+    kernels: str
+    label: str  # the model as records name it
+
+
+def settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings from the options: lists for the list options, defaults filled in."""
+    from elmbench.accuracy.taskdata import data_dir
+    from elmbench.dtypes import canonical
+    from elmbench.suites import parse_value
+
+    kernels = parse_value("kernels", split(opts.get("kernels")) or ["stock"], "option --kernels")
+    data = data_dir(opts.get("data_dir"))
+    batch = opts.get("eval_batch_size") or "1"
+    if batch != "auto" and not (batch.isdigit() and int(batch) >= 1):
+        raise ConfigError(f"option --eval-batch-size: a positive integer or auto, found {batch}")
+    return {
+        "models": split(opts.get("model")),
+        "weights": opts.get("weights"),
+        "tokenizer": opts.get("tokenizer"),
+        "suite": opts.get("suite") or DEFAULT_SUITE,
+        "tasks": split([opts["tasks"]] if opts.get("tasks") else None),
+        "limit": opts.get("limit"),
+        "eval_batch_size": batch if batch == "auto" else int(batch),
+        "device": opts.get("device") or "auto",
+        "backend": opts.get("backend"),
+        "kernels": list(kernels),
+        "norms": split(opts.get("norm")) or ["naive"],
+        "dtypes": [canonical(d) for d in split(opts.get("dtype")) or ["float32"]],
+        "data_dir": None if data is None else str(data),
+        "allow_random": bool(opts.get("allow_random")),
+        "seed": 0 if opts.get("seed") is None else opts["seed"],
+        "quantize": opts.get("quantize"),
+        "group_size": opts.get("group_size") or 64,
+    }
+
+
+def resume_settings(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run's own settings; options typed again must equal them."""
+    from elmbench.records import read_run, run_path
+
+    meta = read_run(run_path(opts["resume"], opts.get("out"))).meta
+    if meta.kind != "accuracy":
+        raise ElmbenchError(f"{opts['resume']}: cannot resume a '{meta.kind}' run as 'accuracy'")
+    typed = given(ctx, opts)
+    if typed:
+        again = settings({**_as_options(meta.spec), **typed})
+        differing = [k for k in SETTINGS if again[k] != meta.spec.get(k)]
+        if differing:
+            shown = ", ".join(
+                f"{flag(OPTION_OF.get(k, k))} (run: {meta.spec.get(k)}, given: {again[k]})"
+                for k in differing
+            )
+            raise ConfigError(
+                f"--resume continues a run with its own settings; these differ: {shown}. Drop "
+                "them, or start a new run"
+            )
+    return dict(meta.spec)
+
+
+def _as_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings back in the form the options take."""
+    out = {OPTION_OF.get(k, k): v for k, v in spec.items()}
+    for name in ("model", "norm", "dtype", "kernels"):
+        if out.get(name) is not None:
+            out[name] = (",".join(out[name]),)
+    out["tasks"] = ",".join(spec["tasks"]) if spec.get("tasks") else None
+    out["eval_batch_size"] = str(spec.get("eval_batch_size"))
+    return out
+
+
+def combinations(run: dict[str, Any], weights: str | None) -> Iterator[Combination]:
+    """Every (model, dtype, kernels) the run evaluates, with the model's name in records."""
+    from elmbench.accuracy.papermodel import checkpoint_config
+    from elmbench.config import get_config
+
+    checkpoint = checkpoint_config(weights)
+    for model in run["models"] or [None]:
+        label = checkpoint.name if checkpoint is not None else get_config(model or "270m").name
+        for dtype in run["dtypes"]:
+            for kernels in run["kernels"]:
+                yield Combination(model, dtype, kernels, label)
+
+
 @click.command()
-@model_option(default=None)
-@click.option(
-    "--weights", metavar="PATH", help="HF folder, CoreNet .pt, MLX folder, or a Hugging Face id."
-)
-@click.option(
-    "--suite",
-    default="zero_shot",
-    show_default=True,
-    help="zero_shot, openllm, llm360, or a suite YAML path.",
-)
-@click.option(
-    "--tasks", help="Comma-separated task labels (ARC-c) or lm-eval names (arc_challenge)."
-)
-@click.option("--limit", type=click.IntRange(min=1), help="Documents per task, for quick runs.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Scored inputs per forward pass (the paper used 1; results are the same).",
-)
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, mlx-cpu, cuda[:N], mps, mlx-gpu or a device profile.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "mlx"], case_sensitive=False),
-    help="Framework; default: the one of --device.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(DTYPES),
-    default="float32",
-    show_default=True,
-    help="Weights and activations.",
-)
-@click.option(
-    "--norm",
-    default="naive",
-    show_default=True,
-    help="RMSNorm variant(s), comma-separated; several are checked for agreement.",
-)
+@run_options("suite", "model", "weights")
 @click.option(
     "--tokenizer",
     metavar="PATH",
-    help="LLaMA-2 SentencePiece tokenizer.model, a folder, or a Hugging Face id.",
+    help="The LLaMA-2 SentencePiece tokenizer.model, a folder, or a Hugging Face id (default "
+    f"with a preset's released weights: {PAPER_TOKENIZER}).",
 )
+@click.option("--tasks", help="Task labels (ARC-c) or lm-eval names (arc_challenge), commas.")
+@click.option("--limit", type=click.IntRange(min=1), help="Documents per task, for quick runs.")
+@click.option(
+    "--eval-batch-size",
+    "eval_batch_size",
+    metavar="N|auto",
+    help="Inputs scored per forward pass (1; the results do not depend on it).",
+)
+@run_options("device", "backend", "kernels", "norm", "dtype")
 @click.option(
     "--data-dir",
     metavar="DIR",
-    help="Task data folder laid out like shared/evaldata (default: $ELMBENCH_DATA, else the Hub).",
+    help="Task data folder (docs/accuracy.md; default: $ELMBENCH_DATA, else the Hub).",
 )
 @click.option("--allow-random", is_flag=True, help="Random weights: tests the pipeline only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
-@click.option(
-    "--out",
-    metavar="DIR",
-    help="Folder for run folders (default: $ELMBENCH_REPORTS, else reports/).",
-)
-@click.option("--resume", metavar="RUN", help="Continue an interrupted run (its folder or run id).")
-@format_option
+@run_options(*SESSION_OPTIONS, *OUTPUT)
 @click.pass_context
-def accuracy(ctx: click.Context, **opts: Any) -> None:
+def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
     """Evaluate accuracy with lm-evaluation-harness, beside the paper's numbers.
 
-    Runs the paper's suites (zero_shot, openllm, llm360) with the same tasks and shots, records
-    every task and metric with the published value and the delta, and prints the summary per suite
-    and the evaluation speed. Progress goes to stderr. Under `accelerate launch` the evaluation is
-    data-parallel and rank 0 writes the records.
+    Runs the paper's suites (zero_shot, the default; openllm; llm360) with the same tasks and
+    shots, records every task and metric with the published value and the delta, and prints the
+    summary per suite and the evaluation speed. `--model 1_1b` alone evaluates the released
+    weights with the paper's tokenizer from the Hugging Face Hub. Under `accelerate launch` the
+    evaluation is data-parallel and rank 0 writes the records.
     """
     from elmbench.accuracy.papermodel import checkpoint_config, paper_model
     from elmbench.accuracy.runner import AccuracyPlan, init_data_parallel, run_accuracy
-    from elmbench.accuracy.taskdata import data_dir
     from elmbench.accuracy.tokenizer import load_tokenizer
     from elmbench.backends import ModelSpec
     from elmbench.devices import resolve_device
     from elmbench.norms import get_norm
-    from elmbench.records import AccuracyRecord, read_run
+    from elmbench.records import AccuracyRecord, check_writable, read_run
 
-    fmt = opts.pop("fmt")
-    stored = _stored_options(ctx, opts)
-    suite = load_accuracy_suite(opts["suite"])
-    names = [n.strip() for n in (opts["tasks"] or "").split(",") if n.strip()]
-    tasks: list[AccuracyTask] = [suite.task(n) for n in names] if names else list(suite.tasks)
-    if opts["weights"] is None and not opts["allow_random"]:
-        raise ElmbenchError(
-            "accuracy needs trained weights: give --weights PATH (HF folder, CoreNet .pt or MLX "
-            "folder) or a Hugging Face id; --allow-random evaluates random weights, which only "
-            "tests the pipeline"
-        )
-    weights = weights_path(opts["weights"])
-    if weights is None and opts["model"] is None:
-        opts["model"] = "270m"
+    check_session(opts)
+    check_writable(opts.get("out"))
+    run = resume_settings(ctx, opts) if opts.get("resume") else settings(opts)
+    suite = load_accuracy_suite(run["suite"])
+    tasks: list[AccuracyTask] = [suite.task(n) for n in run["tasks"] or []] or list(suite.tasks)
+    weights_name, tokenizer_name = run["weights"], run["tokenizer"]
+    if weights_name is None and not run["allow_random"]:
+        if not run["models"]:
+            raise ElmbenchError(
+                "accuracy needs a model: give --model (e.g. 1_1b, whose released weights come "
+                "from the Hugging Face Hub), or --weights PATH; --allow-random evaluates random "
+                "weights, which only tests the pipeline"
+            )
+        if len(run["models"]) > 1:
+            raise ConfigError("give one --model at a time for released weights")
+        weights_name = official_weights(run["models"][0])
+        tokenizer_name = tokenizer_name or PAPER_TOKENIZER
+    if run["weights"] is not None and run["models"] and len(run["models"]) > 1:
+        raise ConfigError("--weights is one checkpoint: give at most one --model with it")
+    weights = weights_path(weights_name, tokenizer_name)
     checkpoint = checkpoint_config(weights)
-    if checkpoint is not None:  # a --model that is not the checkpoint is refused here, not later
-        paper_model(checkpoint, opts["model"])
-    data = data_dir(opts["data_dir"])
+    for model in run["models"] or []:  # a --model that is not the checkpoint is refused here
+        if checkpoint is not None:
+            paper_model(checkpoint, model)
+    data = None if run["data_dir"] is None else Path(run["data_dir"])
     check_task_data(tasks, data)
-    tokenizer = load_tokenizer(opts["tokenizer"])
-    # Paths are stored absolute in run.json, so a run resumes from any folder.
-    opts["data_dir"] = None if data is None else str(data)
-    opts["weights"] = _absolute(opts["weights"])
-    opts["tokenizer"] = _absolute(opts["tokenizer"])
-    device = resolve_device(opts["device"], opts["backend"])
+    tokenizer = load_tokenizer(tokenizer_name)
+    device = resolve_device(run["device"], run["backend"])
+    if "elmbench" in run["kernels"]:
+        from elmbench.engine import unsupported
+
+        reason = unsupported(device.framework_device, device.backend)
+        if reason is not None:
+            raise ConfigError(f"--kernels elmbench: {reason}; use --kernels stock")
     if device.backend == "mlx":
         from elmbench.backends import mlx_blas
 
         mlx_blas.ensure_in_process()  # may restart this command with OpenBLAS preloaded
-    norms = tuple(dict.fromkeys(n.strip() for n in opts["norm"].split(",") if n.strip()))
-    for norm in norms:
+    for norm in run["norms"]:
         get_norm(norm, device.backend)
-    spec = ModelSpec(
-        model=opts["model"],
-        weights=weights,
-        norm=norms[0],
-        dtype=opts["dtype"],
-        seed=opts["seed"],
-        device=_rank_device(device.framework_device),
-    )
-    plan = AccuracyPlan(
-        backend=device.backend,
-        spec=spec,
-        norms=norms,
-        tokenizer=opts["tokenizer"],
-        data_dir=data,
-        limit=opts["limit"],
-        batch_size=opts["batch_size"],
-        allow_random=opts["allow_random"],
-        weights_name=opts["weights"],
-    )
+    # Paths are stored absolute in run.json, so a run resumes from any folder.
+    run.update(weights=absolute(run["weights"]), tokenizer=absolute(run["tokenizer"]))
 
     world = init_data_parallel()
     rank = int(os.environ.get("RANK", "0"))
-    writer = _open_run(opts, stored, device.to_record(), world, rank)
+    writer = _open_run(opts, run, device.to_record(), world, rank)
     run_dir = _shared_run_dir(writer, world)
     # Tasks already in a resumed run are skipped (every rank skips what rank 0 skips).
-    done = {(r.norm, r.task, r.metric) for r in read_run(run_dir).of(AccuracyRecord)}
-    plan = replace(plan, cache_dir=run_dir / CACHE_DIR)
+    done = {r.case_id for r in read_run(run_dir).of(AccuracyRecord)}
 
     def say(message: str) -> None:
-        if rank == 0:
+        if rank == 0 and not quiet:
             click.echo(message, err=True)
 
+    combos = list(combinations(run, weights))
+    steps = [(c, norm, task) for c in combos for norm in run["norms"] for task in tasks]
     say(
-        f"accuracy: suite {suite.name}, {len(tasks)} task(s) x {len(norms)} norm(s) on "
-        f"{device.backend}/{device.framework_device}, tokenizer {tokenizer.identity}; "
-        f"run {run_dir}"
+        f"accuracy: suite {suite.name}, {len(tasks)} task(s) x {len(run['norms'])} norm(s) x "
+        f"{len(combos)} model/dtype/kernels on {device.backend}/{device.framework_device}, "
+        f"tokenizer {tokenizer.identity}; run {run_dir}"
     )
-    steps = [(norm, task) for norm in norms for task in tasks]
-    for step, (norm, task) in enumerate(steps, start=1):
+    for step, (combo, norm, task) in enumerate(steps, start=1):
         where = f"[{step}/{len(steps)}] {task.label} ({task.task}, {task.shots}-shot, norm {norm})"
-        if all((norm, task.task, m) in done for m in task.metrics):
+        if len(combos) > 1:
+            where += f", {combo.label} {combo.dtype} {combo.kernels}"
+        case = {"model": combo.label, "backend": device.backend, "kernels": combo.kernels,
+                "dtype": combo.dtype, "norm": norm, "task": task.task}  # fmt: skip
+        if all(AccuracyRecord.case_id_of({**case, "metric": m}) in done for m in task.metrics):
             say(f"{where}: already in the run, skipped")
             continue
         say(f"{where} ...")
+        spec = ModelSpec(
+            model=combo.model,
+            weights=weights,
+            norm=norm,
+            dtype=combo.dtype,
+            seed=run["seed"],
+            device=_rank_device(device.framework_device),
+            kernels=combo.kernels,
+            quantize=run["quantize"],
+            group_size=run["group_size"],
+        )
+        plan = AccuracyPlan(
+            backend=device.backend,
+            spec=spec,
+            norms=(norm,),
+            tokenizer=tokenizer_name,
+            data_dir=data,
+            tasks=(task.task,),
+            limit=run["limit"],
+            batch_size=run["eval_batch_size"],
+            allow_random=run["allow_random"],
+            cache_dir=run_dir / CACHE_DIR,
+            weights_name=weights_name,
+            model_label=combo.label,
+        )
         speed, start = EvalSpeed(), time.perf_counter()
-        one = replace(plan, norms=(norm,), tasks=(task.task,))
-        records = run_accuracy(suite, one, lm_class=measured_adapter(speed))
+        records = run_accuracy(suite, plan, lm_class=measured_adapter(speed))
         wall = time.perf_counter() - start
         if writer is not None:
             writer.append(*(_case(record, speed, wall, plan) for record in records))
@@ -401,26 +424,6 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
     _report(read_run(writer.path).of(AccuracyRecord), suite, fmt, writer.path)
 
 
-def _stored_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any] | None:
-    """On --resume: fill options not given again from the run's run.json; returns its spec."""
-    if not opts["resume"]:
-        return None
-    from click.core import ParameterSource
-
-    from elmbench.records import read_run, run_path
-
-    path = run_path(opts["resume"], opts["out"])
-    meta = read_run(path).meta
-    if meta.kind != "accuracy":
-        raise ElmbenchError(f"{path}: cannot resume a '{meta.kind}' run as 'accuracy'")
-    spec: dict[str, Any] = meta.spec
-    for key in RESUMABLE:
-        if key in spec and ctx.get_parameter_source(key) == ParameterSource.DEFAULT:
-            opts[key] = spec[key]
-    opts["resume"] = str(path)
-    return spec
-
-
 def _rank_device(framework_device: str) -> str:
     """Under `accelerate launch` with several processes, each takes the GPU of its local rank."""
     local = os.environ.get("LOCAL_RANK")
@@ -430,20 +433,9 @@ def _rank_device(framework_device: str) -> str:
     return framework_device
 
 
-def _absolute(value: str | None) -> str | None:
-    """An existing local path made absolute; anything else (a Hugging Face id) as given."""
-    if value is None or not Path(value).expanduser().exists():
-        return value
-    return str(Path(value).expanduser().resolve())
-
-
-def _run_spec(opts: dict[str, Any]) -> dict[str, Any]:
-    return {key: opts[key] for key in RESUMABLE}
-
-
 def _open_run(
     opts: dict[str, Any],
-    stored: dict[str, Any] | None,
+    run: dict[str, Any],
     device: dict[str, Any],
     world: int,
     rank: int,
@@ -453,15 +445,20 @@ def _open_run(
 
     if rank != 0:
         return None
-    if stored is not None:
-        return resume_run(opts["resume"], kind="accuracy", spec=_run_spec(opts))
+    if opts.get("resume"):
+        return resume_run(
+            opts["resume"],
+            kind="accuracy",
+            root=opts.get("out"),
+            retry_failed=bool(opts.get("retry_failed")),
+        )
     return open_run(
         "accuracy",
-        spec=_run_spec(opts),
-        seed=opts["seed"],
+        spec=run,
+        seed=run["seed"],
         device=device,
         extra={"world_size": world},
-        root=opts["out"],
+        root=opts.get("out"),
     )
 
 
@@ -486,7 +483,7 @@ def _case(record: Record, speed: EvalSpeed, wall: float, plan: AccuracyPlan) -> 
     fields = {k: v for k, v in record.items() if k != "status"}
     fields.update(
         limit=plan.limit,
-        batch_size=plan.batch_size,
+        batch_size=plan.batch_size if isinstance(plan.batch_size, int) else 0,
         requests=speed.requests,
         forwards=speed.forwards,
         input_tokens=speed.input_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -169,6 +170,48 @@ def norms(backend: str, fmt: str) -> None:
     emit(rows, NORM_COLUMNS, fmt, title="Normalization variants", notes=notes)
 
 
+DEVICE_COLUMNS = [
+    Column.key("device", "name"),
+    Column.key("what", "label", max_width=28),
+    Column("backends", lambda r: ", ".join(r["backends"])),
+    Column("peak GB/s", lambda r: _figure(r["bandwidth_gb_per_s"], 1), numeric=True),
+    Column("bf16 TFLOP/s", lambda r: _figure(r["peak_bf16_flop_per_s"], 1e12), numeric=True),
+    Column("fp16 TFLOP/s", lambda r: _figure(r["peak_fp16_flop_per_s"], 1e12), numeric=True),
+    Column("memory GiB", lambda r: _figure(r["memory_gib"], 1), numeric=True),
+    Column.key("here", "present"),
+]
+
+
+def _figure(value: float | None, unit: float) -> str:
+    if value is None:
+        return "-"
+    return f"{value / unit:,.0f}"
+
+
+@click.command()
+@format_option
+def devices(fmt: str) -> None:
+    """List device profiles: peak bandwidth and FLOP/s, backends, which are here.
+
+    The figures are the vendors' published peaks (dense, never the sparse figure); the rooflines
+    of `throughput` and `profile` are shares of them. A CPU has no published figure: its
+    bandwidth is measured at run time. Use a profile's name with --device.
+    """
+    from elmbench.devices import PROFILES, detect, match_profile
+
+    present = {match_profile(d).name: d.hardware for d in detect()}
+    rows = []
+    for profile in PROFILES.values():
+        row = profile.to_record()
+        if profile.measured:
+            row["bandwidth_gb_per_s"] = None  # measured at run time
+        row["present"] = "yes" if profile.name in present else "no"
+        rows.append(row)
+    notes = [f"here: {', '.join(f'{k} ({v})' for k, v in present.items())}"]
+    notes.append("cpu and mlx-cpu: bandwidth measured at run time; no peak FLOP/s is assumed")
+    emit(rows, DEVICE_COLUMNS, fmt, title="Device profiles", notes=notes)
+
+
 ENV_COLUMNS = [
     Column.key("section", "section", group=True),
     Column.key("item", "item"),
@@ -227,4 +270,47 @@ def env(fmt: str) -> None:
     emit(env_rows(info), ENV_COLUMNS, fmt, title="elmbench environment", data=info)
 
 
-COMMANDS = [models, norms, env]
+@click.group(invoke_without_command=True)
+@format_option
+@click.pass_context
+def suites(ctx: click.Context, fmt: str) -> None:
+    """List the shipped suites; `suites validate [FILE...]` checks suite files."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from elmbench.suites import list_suites, load_suite
+
+    rows = []
+    for path in list_suites():
+        suite = load_suite(path)
+        rows.append({"name": path.stem, "kind": getattr(suite, "kind", "accuracy"),
+                     "description": getattr(suite, "description", "")})  # fmt: skip
+    columns = [
+        Column.key("suite", "name"),
+        Column.key("kind", "kind"),
+        Column.key("description", "description", max_width=80),
+    ]
+    emit(rows, columns, fmt, notes=["Run one with --suite NAME; --suite also takes a file."])
+
+
+@suites.command("validate")
+@click.argument("files", nargs=-1)
+def validate(files: tuple[str, ...]) -> None:
+    """Check suite files (default: every file in suites/); one line per problem."""
+    from elmbench.errors import ElmbenchError
+    from elmbench.suites import list_suites, load_suite, suite_path
+
+    paths = [suite_path(f) for f in files] or list_suites()
+    bad = 0
+    for path in paths:
+        try:
+            load_suite(path)
+        except ElmbenchError as exc:
+            bad += 1
+            click.echo(f"error: {exc}", err=True)
+        else:
+            click.echo(f"ok: {path}")
+    if bad:
+        sys.exit(2)
+
+
+COMMANDS = [models, devices, norms, suites, env]

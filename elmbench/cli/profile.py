@@ -9,9 +9,20 @@ from typing import Any
 
 import click
 
-from elmbench.cli.options import Column, as_json, emit, format_option
-from elmbench.cli.run_options import measure_options, spec_from_options
+from elmbench.cli.options import Column, as_json, emit
+from elmbench.cli.run_options import (
+    MEASURE,
+    OUTPUT,
+    SESSION_OPTIONS,
+    check_session,
+    given,
+    resumed_spec,
+    run_options,
+    spec_from_options,
+)
 from elmbench.cli.throughput import Progress
+from elmbench.errors import ConfigError
+from elmbench.profile import PHASE_CHOICES
 from elmbench.records.types import FailureRecord, ProfileRecord, Record
 from elmbench.suites import SuiteSpec
 
@@ -258,13 +269,16 @@ def _notes(run: Any, rows: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
+PROFILE_OPTIONS = ("phase", "trace", "top", "metal_capture")
+
+
 @click.command()
-@measure_options
+@run_options(*MEASURE)
 @click.option(
     "--phase",
+    type=click.Choice(PHASE_CHOICES),
     default="both",
     show_default=True,
-    metavar="prefill|decode|both",
     help="Which loop to profile; each phase runs in its own loop.",
 )
 @click.option(
@@ -277,34 +291,48 @@ def _notes(run: Any, rows: Sequence[dict[str, Any]]) -> list[str]:
 @click.option(
     "--metal-capture", is_flag=True, help="MLX on Apple silicon: a Metal capture of one step."
 )
-@click.option("--retry-failed", is_flag=True, help="With --resume: profile failed cases again.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@format_option
+@run_options(*SESSION_OPTIONS, *OUTPUT)
+@click.pass_context
 def profile(
+    ctx: click.Context,
     fmt: str,
     quiet: bool,
     phase: str,
     trace: bool,
     top: int,
     metal_capture: bool,
-    retry_failed: bool,
     **options: Any,
 ) -> None:
     """Profile where the time goes: the norm's share, by category and by model part.
 
-    With no options: OpenELM-270M with seeded random weights on the best device present, the
-    naive RMSNorm, a 128-token prompt and 8 new tokens, prefill and decode. torch runs under
-    torch.profiler (traces for TensorBoard and Chrome); MLX is timed part by part. Compare
-    variants with `--norm naive,fused`. --repetitions sets the profiled steps, --warmup the
-    profiler's warm-up steps; --min-seconds does not apply.
+    With no options: OpenELM-270M with seeded random weights on the best device present, stock
+    kernels, the naive RMSNorm, a 128-token prompt and 8 new tokens, prefill and decode. torch
+    runs under torch.profiler (traces for TensorBoard and Chrome); MLX is timed part by part.
+    Compare variants with `--norm naive,fused`. --repetitions sets the profiled steps, --warmup
+    the profiler's warm-up steps.
     """
     from elmbench.profile.run import ProfileOptions, profile_spec, stored_run
+    from elmbench.records import check_writable
 
+    check_session(options)
+    check_writable(options.get("out"))
+    opts = ProfileOptions(phase=phase, trace=trace, top=top, metal_capture=metal_capture)
     if options.get("resume"):
-        spec, opts = stored_run(options["resume"], options.get("out"))
+        stored, stored_opts = stored_run(options["resume"], options.get("out"))
+        typed = given(ctx, {**options, **asdict(opts)})
+        differing = [
+            f"--{k.replace('_', '-')} (run: {getattr(stored_opts, k)}, given: {typed[k]})"
+            for k in PROFILE_OPTIONS
+            if k in typed and typed[k] != getattr(stored_opts, k)
+        ]
+        if differing:
+            raise ConfigError(
+                f"--resume continues a run with its own settings; these differ: "
+                f"{', '.join(differing)}. Drop them, or start a new run"
+            )
+        spec, opts = resumed_spec(stored, typed), stored_opts
     else:
         spec = spec_from_options(DEFAULT, options, kinds=("throughput",))
-        opts = ProfileOptions(phase=phase, trace=trace, top=top, metal_capture=metal_capture)
     progress = ProfileProgress(enabled=not quiet)
     with progress.shown():
         run = profile_spec(
@@ -312,7 +340,7 @@ def profile(
             opts,
             out=options.get("out"),
             resume=options.get("resume"),
-            retry_failed=retry_failed,
+            retry_failed=options.get("retry_failed", False),
             on_event=progress,
         )
     failed = show(run, fmt, opts.top)

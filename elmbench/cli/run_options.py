@@ -1,24 +1,32 @@
-"""The options of the measuring commands (`throughput`, `profile`): what to run, where, how long.
+"""The options of the run commands (`throughput`, `profile`, `accuracy`), each defined once.
 
-Each option can also come from a suite file (`--suite`); options given on the command line win.
-List-valued options take comma-separated values or repeat (`-p 128,512` or `-p 128 -p 512`).
+The same option has the same name, short flag and value form in every command: list options take
+comma-separated values or repeat (`-m 270m,450m` or `-m 270m -m 450m`). Measurement options can
+also come from a suite file (`--suite`); options given on the command line win. With `--resume`,
+options given again must equal the run's own: anything else is refused with what differs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from elmbench.errors import ConfigError
 from elmbench.suites import SuiteSpec, check_spec, load_suite, parse_value, suite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("table", "markdown", "csv", "json")
 
-# option name -> SuiteSpec field (list-valued unless marked scalar)
-LIST_OPTIONS = {
+# Options that steer where and how a run is kept or shown, not what it measures.
+SESSION = ("resume", "out", "retry_failed", "quiet", "fmt", "report")
+
+# option name -> SuiteSpec field, for the measuring commands (list-valued unless marked scalar)
+LIST_FIELDS = {
     "model": "models",
+    "kernels": "kernels",
     "norm": "norms",
     "dtype": "dtypes",
     "prompt_tokens": "prompt_tokens",
@@ -26,34 +34,240 @@ LIST_OPTIONS = {
     "batch_size": "batch_sizes",
     "compile_mode": "compile",
 }
-SCALAR_OPTIONS = {
+SCALAR_FIELDS = {
     "weights": "weights",
     "device": "device",
     "backend": "backend",
     "warmup": "warmup",
     "repetitions": "repetitions",
     "min_seconds": "min_seconds",
+    "precision": "precision_pct",
+    "max_seconds": "max_seconds",
     "seed": "seed",
     "quantize": "quantize",
     "group_size": "group_size",
 }
+FLAGS = {  # option name -> how users type it, for messages
+    "model": "--model",
+    "compile_mode": "--compile",
+    "fmt": "--format",
+    "prompt_tokens": "-p/--prompt-tokens",
+    "gen_tokens": "-n/--gen-tokens",
+    "batch_size": "-b/--batch-size",
+}
 
 
-def _split(values: tuple[str, ...]) -> list[str] | None:
-    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+def flag(name: str) -> str:
+    """How users type an option, from its parameter name."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+_LIST = {"multiple": True}
+OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "suite": (("--suite",), {"metavar": "NAME|FILE", "help": "Start from a suite (name or file)."}),
+    "model": (
+        ("-m", "--model"),
+        {
+            **_LIST,
+            "metavar": "NAMES",
+            "help": "Presets (270m, 450m, 1_1b, 3b, tiny, ...) or "
+            "comparison models (olmo-1b, llama-270m).",
+        },
+    ),
+    "weights": (
+        ("--weights",),
+        {
+            "metavar": "PATH",
+            "help": "Checkpoint: HF folder, CoreNet .pt, MLX folder (accuracy: "
+            "also a Hugging Face id); default: seeded random weights.",
+        },
+    ),
+    "device": (
+        ("--device",),
+        {
+            "metavar": "NAME",
+            "help": "auto, cpu, cuda[:N], mps, mlx-cpu, mlx-gpu or a device "
+            "profile (h100, m2max, ...; `elmbench devices`).",
+        },
+    ),
+    "backend": (
+        ("--backend",),
+        {
+            "type": click.Choice(["torch", "mlx"]),
+            "help": "Framework, where the device has both (default: each present).",
+        },
+    ),
+    "kernels": (
+        ("--kernels",),
+        {
+            **_LIST,
+            "metavar": "NAMES",
+            "help": "stock (the framework as users run it; default) "
+            "and/or elmbench (elmbench's CPU engine, torch on the CPU).",
+        },
+    ),
+    "norm": (
+        ("--norm",),
+        {
+            **_LIST,
+            "metavar": "NAMES",
+            "help": "naive, fused, compiled, triton, apex, layernorm "
+            "(ablation), native, or all (`elmbench norms`).",
+        },
+    ),
+    "dtype": (
+        ("--dtype",),
+        {**_LIST, "metavar": "NAMES", "help": "float32, bfloat16, float16 (or fp32, bf16, fp16)."},
+    ),
+    "prompt_tokens": (
+        ("-p", "--prompt-tokens", "prompt_tokens"),
+        {**_LIST, "metavar": "N[,N]", "help": "Prompt lengths."},
+    ),
+    "gen_tokens": (
+        ("-n", "--gen-tokens", "gen_tokens"),
+        {**_LIST, "metavar": "N[,N]", "help": "New tokens (the first comes from prefill)."},
+    ),
+    "batch_size": (
+        ("-b", "--batch-size", "batch_size"),
+        {**_LIST, "metavar": "N[,N]", "help": "Sequences generated together."},
+    ),
+    "compile_mode": (
+        ("--compile", "compile_mode"),
+        {
+            **_LIST,
+            "metavar": "MODES",
+            "help": "none, inductor, cudagraphs (torch, CUDA), aoti "
+            "(torch, CPU), mx.compile (MLX).",
+        },
+    ),
+    "warmup": (("--warmup",), {"type": int, "metavar": "N", "help": "Warm-up runs (not timed)."}),
+    "repetitions": (
+        ("--repetitions",),
+        {"type": int, "metavar": "N", "help": "Timed repetitions (at least)."},
+    ),
+    "min_seconds": (
+        ("--min-seconds", "min_seconds"),
+        {"type": float, "metavar": "S", "help": "Measured seconds per case (at least)."},
+    ),
+    "precision": (
+        ("--precision",),
+        {
+            "metavar": "PCT",
+            "help": "Repeat until each median's 95% interval is within +-PCT "
+            "(e.g. 3%), up to --max-seconds.",
+        },
+    ),
+    "max_seconds": (
+        ("--max-seconds", "max_seconds"),
+        {"type": float, "metavar": "S", "help": "Time cap per case with --precision (60)."},
+    ),
+    "seed": (("--seed",), {"type": int, "help": "Seed of the random weights and prompts (0)."}),
+    "quantize": (
+        ("--quantize",),
+        {"type": int, "metavar": "4|8", "help": "MLX: quantize weights on load."},
+    ),
+    "group_size": (
+        ("--group-size", "group_size"),
+        {"type": int, "metavar": "N", "help": "MLX quantization group size (64)."},
+    ),
+    "out": (
+        ("--out",),
+        {
+            "metavar": "DIR",
+            "help": "Folder for run folders (default: $ELMBENCH_REPORTS, else runs/).",
+        },
+    ),
+    "resume": (
+        ("--resume",),
+        {
+            "metavar": "RUN",
+            "help": "Finish an interrupted run (its folder or id) with its own settings.",
+        },
+    ),
+    "retry_failed": (
+        ("--retry-failed", "retry_failed"),
+        {"is_flag": True, "help": "With --resume: measure the run's failed cases again."},
+    ),
+    "report": (
+        ("--report",),
+        {"is_flag": True, "help": "Write the run's report (tables, figures, HTML) at the end."},
+    ),
+    "quiet": (("-q", "--quiet"), {"is_flag": True, "help": "No progress display."}),
+    "fmt": (
+        ("--format", "fmt"),
+        {
+            "type": click.Choice(FORMATS, case_sensitive=False),
+            "default": "table",
+            "show_default": True,
+            "help": "table for people; markdown, csv or json for files.",
+        },
+    ),
+}
+MEASURE = (
+    "suite", "model", "weights", "device", "backend", "kernels", "norm", "dtype",
+    "prompt_tokens", "gen_tokens", "batch_size", "compile_mode", "warmup", "repetitions",
+)  # fmt: skip
+SESSION_OPTIONS = ("seed", "quantize", "group_size", "out", "resume", "retry_failed", "report")
+OUTPUT = ("quiet", "fmt")
+
+
+def run_options(*names: str) -> Callable[[F], F]:
+    """The named options, in the order given (which is the order help shows them)."""
+
+    def decorate(func: F) -> F:
+        for name in reversed(names):
+            decls, kwargs = OPTIONS[name]
+            func = click.option(*decls, **kwargs)(func)
+        return func
+
+    return decorate
+
+
+def split(values: Iterable[str] | None) -> list[str] | None:
+    """`("a,b", "c")` -> `["a", "b", "c"]`; None when nothing was given."""
+    items = [v.strip() for value in values or () for v in value.split(",") if v.strip()]
     return items or None
 
 
-def _ints(key: str, values: list[str], flag: str) -> list[Any]:
+def parse_precision(text: str | None) -> float | None:
+    """`3%` or `3` -> 3.0 (percent); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise ConfigError(f"--precision: expected a percentage such as 3%, found {text}") from None
+    if not value > 0:
+        raise ConfigError(f"--precision: must be more than 0%, found {text}")
+    return value
+
+
+def given(ctx: click.Context, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (or set in the environment), without session ones."""
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {
+        name: value
+        for name, value in options.items()
+        if name not in SESSION and ctx.get_parameter_source(name) in sources
+    }
+
+
+def check_session(options: Mapping[str, Any]) -> None:
+    """Options that only make sense together."""
+    if options.get("retry_failed") and not options.get("resume"):
+        raise ConfigError("--retry-failed measures a run's failed cases again: add --resume RUN")
+
+
+def _ints(values: list[str], name: str) -> list[int]:
     try:
         return [int(v) for v in values]
     except ValueError:
         found = ",".join(values)
-        raise ConfigError(f"option {flag}: expected integers, found {found}") from None
+        raise ConfigError(f"option {flag(name)}: expected integers, found {found}") from None
 
 
 def spec_from_options(
-    default: SuiteSpec, options: dict[str, Any], kinds: tuple[str, ...] = ("throughput", "norms")
+    default: SuiteSpec, options: Mapping[str, Any], kinds: tuple[str, ...] = ("throughput", "norms")
 ) -> SuiteSpec:
     """The suite (or `default`) with every given command-line option applied and validated."""
     base = default
@@ -67,110 +281,44 @@ def spec_from_options(
             )
         base = loaded
     overrides: dict[str, Any] = {}
-    for option, key in LIST_OPTIONS.items():
-        values = _split(options.get(option) or ())
+    for option, key in LIST_FIELDS.items():
+        values: list[Any] | None = split(options.get(option))
         if values is None:
             continue
-        flag = "--" + option.replace("_", "-").replace("-mode", "")
         if key in ("prompt_tokens", "gen_tokens", "batch_sizes"):
-            values = _ints(key, values, flag)
-        overrides[key] = parse_value(key, values, f"option {flag}")
-    for option, key in SCALAR_OPTIONS.items():
+            values = _ints(values, option)
+        overrides[key] = parse_value(key, values, f"option {flag(option)}")
+    for option, key in SCALAR_FIELDS.items():
         value = options.get(option)
+        if option == "precision":
+            value = parse_precision(value)
         if value is not None:
-            overrides[key] = parse_value(key, value, f"option --{option.replace('_', '-')}")
+            overrides[key] = parse_value(key, value, f"option {flag(option)}")
     spec = base.with_overrides(**overrides)
     check_spec(spec)
     return spec
 
 
-_MEASURE_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (
-        ("--suite",),
-        {"metavar": "NAME|FILE", "help": "Start from a suite (name or YAML file)."},
-    ),
-    (
-        ("--model", "-m"),
-        {
-            "multiple": True,
-            "metavar": "NAMES",
-            "help": "Presets (270m, 450m, 1_1b, 3b, tiny, ...) or comparison models "
-            "(olmo-1b, llama-270m).",
-        },
-    ),
-    (
-        ("--weights",),
-        {
-            "metavar": "PATH",
-            "help": "Checkpoint (HF folder, CoreNet .pt, MLX folder); "
-            "default: seeded random weights.",
-        },
-    ),
-    (
-        ("--device",),
-        {
-            "metavar": "NAME",
-            "help": "auto, cpu, cuda[:N], mps, mlx-cpu, mlx-gpu or a profile (h100, m2max, ...).",
-        },
-    ),
-    (
-        ("--backend",),
-        {
-            "type": click.Choice(["torch", "mlx"]),
-            "help": "Framework, when the device allows both (default: each present).",
-        },
-    ),
-    (
-        ("--norm",),
-        {
-            "multiple": True,
-            "metavar": "NAMES",
-            "help": "naive, fused, compiled, apex, layernorm (ablation), native, or all.",
-        },
-    ),
-    (("--dtype",), {"multiple": True, "metavar": "NAMES", "help": "float32, bfloat16, float16."}),
-    (
-        ("-p", "--prompt-tokens", "prompt_tokens"),
-        {"multiple": True, "metavar": "N[,N]", "help": "Prompt lengths."},
-    ),
-    (
-        ("-n", "--gen-tokens", "gen_tokens"),
-        {"multiple": True, "metavar": "N[,N]", "help": "New tokens (the first from prefill)."},
-    ),
-    (
-        ("-b", "--batch-size", "batch_size"),
-        {"multiple": True, "metavar": "N[,N]", "help": "Batch sizes."},
-    ),
-    (
-        ("--compile", "compile_mode"),
-        {
-            "multiple": True,
-            "metavar": "MODES",
-            "help": "none, inductor, cudagraphs (torch, CUDA), aoti (torch, CPU), mx.compile (MLX)",
-        },
-    ),
-    (("--warmup",), {"type": int, "help": "Warm-up runs per case (not measured)."}),
-    (("--repetitions",), {"type": int, "help": "Minimum measured repetitions per case."}),
-    (("--min-seconds", "min_seconds"), {"type": float, "help": "Minimum seconds per case."}),
-    (("--seed",), {"type": int, "help": "Seed of the random weights and prompts."}),
-    (("--quantize",), {"type": int, "metavar": "4|8", "help": "MLX: quantize weights on load."}),
-    (("--group-size", "group_size"), {"type": int, "help": "MLX quantization group size (64)."}),
-    (
-        ("--out",),
-        {"metavar": "DIR", "help": "Root of run folders (default: $ELMBENCH_REPORTS or reports/)."},
-    ),
-    (
-        ("--resume",),
-        {
-            "metavar": "RUN",
-            "help": "Finish an interrupted run (folder or id) with its own settings.",
-        },
-    ),
-]
+def resumed_spec(stored: SuiteSpec, typed: Mapping[str, Any]) -> SuiteSpec:
+    """The run's own spec, after checking that the options typed again equal it."""
+    again = spec_from_options(stored, typed, kinds=(stored.kind,))
+    stored_values, again_values = stored.to_dict(), again.to_dict()
+    differing = [k for k in stored_values if stored_values[k] != again_values[k]]
+    if differing:
+        fields = {**LIST_FIELDS, **SCALAR_FIELDS}
+        names = {field: flag(option) for option, field in fields.items()}
+        shown = ", ".join(
+            f"{names.get(k, k)} (run: {_show(stored_values[k])}, given: {_show(again_values[k])})"
+            for k in differing
+        )
+        raise ConfigError(
+            f"--resume continues a run with its own settings; these differ: {shown}. Drop them, "
+            "or start a new run"
+        )
+    return stored
 
 
-def measure_options(func: F) -> F:
-    """Every option shared by the measuring commands, in the order help shows them."""
-    for decls, kwargs in reversed(_MEASURE_OPTIONS):
-        func = click.option(*decls, **kwargs)(func)
-    return func
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

@@ -10,8 +10,17 @@ from typing import Any
 
 import click
 
-from elmbench.cli.options import Column, as_json, emit, format_option
-from elmbench.cli.run_options import measure_options, spec_from_options
+from elmbench.cli.options import Column, as_json, emit
+from elmbench.cli.run_options import (
+    MEASURE,
+    OUTPUT,
+    SESSION_OPTIONS,
+    check_session,
+    given,
+    resumed_spec,
+    run_options,
+    spec_from_options,
+)
 from elmbench.suites import SuiteSpec
 
 # The embedded default: OpenELM-270M, random weights, best device, every available RMSNorm
@@ -158,15 +167,24 @@ def _label(case: Any) -> str:
     )
 
 
-def run_and_show(default: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool) -> None:
-    """Shared body of the measuring commands: spec, run with progress, final table."""
-    from elmbench.throughput.run import run_spec, stored_spec
+def measured_spec(ctx: click.Context, default: SuiteSpec, options: dict[str, Any]) -> SuiteSpec:
+    """The spec of a new run from the options, or a resumed run's own (options typed again must
+    equal it); every check is made here, before anything runs."""
+    from elmbench.records import check_writable
+    from elmbench.throughput.run import stored_spec
+
+    check_session(options)
+    check_writable(options.get("out"))
+    if not options.get("resume"):
+        return spec_from_options(default, options)
+    return resumed_spec(stored_spec(options["resume"], options.get("out")), given(ctx, options))
+
+
+def run_and_show(spec: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool) -> None:
+    """Shared body of the measuring commands: run with progress, final table."""
+    from elmbench.throughput.run import run_spec
     from elmbench.throughput.table import case_rows
 
-    if options.get("resume"):
-        spec = stored_spec(options["resume"], options.get("out"))
-    else:
-        spec = spec_from_options(default, options)
     progress = Progress(enabled=not quiet)
     with progress.shown():
         result = run_spec(
@@ -200,62 +218,23 @@ def run_and_show(default: SuiteSpec, options: dict[str, Any], fmt: str, quiet: b
 
 
 def _overridden(options: dict[str, Any]) -> bool:
-    ignore = ("suite", "out", "resume", "retry_failed")
+    ignore = ("suite", "out", "resume", "retry_failed", "report")
     return any(v not in (None, (), False) for k, v in options.items() if k not in ignore)
 
 
 @click.command()
-@measure_options
-@click.option("--retry-failed", is_flag=True, help="With --resume: measure failed cases again.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@format_option
-def throughput(fmt: str, quiet: bool, **options: Any) -> None:
-    """Measure prefill and decode speed (the main job).
-
-    With no options: OpenELM-270M with seeded random weights on the best device present,
-    every RMSNorm variant available there, 128-token prompts and 32 new tokens. Every case is
-    written as records to reports/<run-id>/ as soon as it finishes. `--suite norms` runs the
-    RMSNorm micro-benchmark instead.
-    """
-    run_and_show(DEFAULT, options, fmt, quiet)
-
-
-@click.group(invoke_without_command=True)
+@run_options(*MEASURE, "min_seconds", "precision", "max_seconds", *SESSION_OPTIONS, *OUTPUT)
 @click.pass_context
-def suites(ctx: click.Context) -> None:
-    """List the suite files in suites/ (`suites validate` checks them)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from elmbench.suites import list_suites, load_suite
+def throughput(ctx: click.Context, fmt: str, quiet: bool, **options: Any) -> None:
+    """Measure prefill and decode speed: the main job.
 
-    rows = []
-    for path in list_suites():
-        suite = load_suite(path)
-        rows.append({"name": path.stem, "kind": getattr(suite, "kind", "accuracy"),
-                     "description": getattr(suite, "description", "")})  # fmt: skip
-    emit(rows, [Column.key("suite", "name"), Column.key("kind", "kind"),
-                Column.key("description", "description", max_width=80)], "table")  # fmt: skip
+    With no options: OpenELM-270M with seeded random weights on the best device present, stock
+    kernels, every RMSNorm variant available there, 128-token prompts and 32 new tokens. Each
+    case is written to the run folder as soon as it finishes. `--suite norms` runs the RMSNorm
+    micro-benchmark instead.
+    """
+    spec = measured_spec(ctx, DEFAULT, options)
+    run_and_show(spec, options, fmt, quiet)
 
 
-@suites.command("validate")
-@click.argument("files", nargs=-1)
-def validate(files: tuple[str, ...]) -> None:
-    """Check suite files (default: every file in suites/); one line per problem."""
-    from elmbench.errors import ElmbenchError
-    from elmbench.suites import list_suites, load_suite, suite_path
-
-    paths = [suite_path(f) for f in files] or list_suites()
-    bad = 0
-    for path in paths:
-        try:
-            load_suite(path)
-        except ElmbenchError as exc:
-            bad += 1
-            click.echo(f"error: {exc}", err=True)
-        else:
-            click.echo(f"ok: {path}")
-    if bad:
-        sys.exit(2)
-
-
-COMMANDS = [throughput, suites]
+COMMANDS = [throughput]
