@@ -3,7 +3,7 @@
 A 32,000-piece BPE SentencePiece model over every string in the evaluation data, with ids
 0-2 = unk/BOS/EOS like LLaMA's. Usage:
 
-    python reports/accuracy-speed/make_tokenizer.py /work/shared/evaldata /tmp/bench/bpe32k
+    python scripts/make_tokenizer.py path/to/evaldata /tmp/bench/bpe32k
 """
 
 from __future__ import annotations
