@@ -140,10 +140,14 @@ def throughput_record(
         "prefill_tokens_per_s": _rate(b * p, prefill, "tokens/s"),
         "prefill_ms": _scaled(1e3, prefill, "ms"),
         "total_tokens_per_s": _rate(b * (p + n), total, "tokens/s"),
-        "peak_memory_bytes": Estimate.single(result["peak_memory_bytes"], "bytes"),
         "prefill_flop_per_s": _rate(flops, prefill, "FLOP/s"),
     }
     skipped: dict[str, str] = {}
+    peak_kind = result["peak_memory_kind"]
+    if result["peak_memory_bytes"] is None:  # interleaved cases share one process's memory
+        skipped["peak_memory_bytes"], peak_kind = peak_kind, ""
+    else:
+        metrics["peak_memory_bytes"] = Estimate.single(result["peak_memory_bytes"], "bytes")
     roofline = None
     if steps > 0:
         metrics["decode_tokens_per_s"] = _rate(b * steps, decode, "tokens/s")
@@ -177,14 +181,14 @@ def throughput_record(
         metrics=metrics,
         skipped=skipped,
         sections_raw_s=sections,
-        warnings=tuple(timing["warnings"]),
+        warnings=(*timing["warnings"], *result.get("extra_warnings", ())),
         num_params=num_params,
         num_norms=facts.num_norms,
         weight_bytes=weight_bytes,
         prefill_flops=flops,
         decode_bytes=moved,
         roofline=roofline,
-        peak_memory_kind=result["peak_memory_kind"],
+        peak_memory_kind=peak_kind,
         load_s=result.get("load_s"),
         generated_head=tuple(result.get("generated_head") or ()),
         describe=desc,
