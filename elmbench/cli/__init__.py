@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "elmbench.cli.profile",
     "elmbench.cli.accuracy",
     "elmbench.cli.info",
+    "elmbench.cli.report",
 )
 
 
