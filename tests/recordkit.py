@@ -120,3 +120,84 @@ def write_run(
         meta["host"].update(host)
         (path / "run.json").write_text(json.dumps(meta, indent=2))
     return path
+
+
+FROZEN_META = {
+    "created_utc": "2026-12-07T20:00:00+00:00",
+    "finished_utc": "2026-12-07T20:05:00+00:00",
+    "git_sha": "0123456789abcdef0123456789abcdef01234567",
+    "git_dirty": False,
+    "argv": ["elmbench", "(synthetic fixture)"],
+}
+
+
+def freeze(path: Path, host: dict[str, Any] | None = None) -> Path:
+    """Give a synthetic run's run.json fixed times, code and host (for golden files)."""
+    meta = json.loads((path / "run.json").read_text())
+    meta.update(FROZEN_META)
+    meta["versions"] = {"python": "3.11.7", "torch": "2.13.0+cpu"}
+    meta["host"] = {"hostname": "vm", "cpu": "AMD EPYC", "cores": 2, "usable_cores": 2,
+                    **(host or {})}  # fmt: skip
+    (path / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def olmo_records() -> list[ThroughputRecord]:
+    """OLMo-1B (its own LayerNorm) beside OpenELM-1.1B (naive and fused) in one setting."""
+    from elmbench.throughput.metrics import model_facts
+
+    shape = {"batch_size": 1, "prompt_tokens": 128, "gen_tokens": 32}
+    made = [
+        throughput("native", noisy(9.6, 0.02, 6, 1), noisy(220, 0.02, 6, 2), model="olmo-1b",
+                   **shape),
+        throughput("naive", noisy(7.1, 0.02, 6, 3), noisy(150, 0.02, 6, 4), model="1_1b",
+                   **shape),
+        throughput("fused", noisy(8.0, 0.02, 6, 5), noisy(171, 0.02, 6, 6), model="1_1b",
+                   **shape),
+    ]  # fmt: skip
+    facts = {r.model: model_facts(r.model) for r in made}
+    return [replace(r, num_params=facts[r.model].num_params, num_norms=facts[r.model].num_norms)
+            for r in made]  # fmt: skip
+
+
+def paper_accuracy_records() -> list[AccuracyRecord]:
+    """OpenELM-270M's zero-shot suite with the published values beside made-up measurements."""
+    from elmbench.accuracy.suites import AccuracySuite
+    from elmbench.suites import load_suite, suite_path
+
+    suite = load_suite(suite_path("zero_shot"))
+    assert isinstance(suite, AccuracySuite)
+    records = []
+    for i, task in enumerate(suite.tasks):
+        published = task.published["OpenELM-270M"]
+        for j, metric in enumerate(task.metrics):
+            value = published + (-1) ** i * 0.4 * (i + 1) + 0.7 * j
+            records.append(accuracy(
+                task.task, task.label, round(value, 2), 1.2 + 0.1 * i, metric, model="270m",
+                weights="checkpoint:OpenELM-270M", random_weights=False, published_pct=published,
+                delta_pct=round(value, 2) - published, paper_model="OpenELM-270M",
+                metric_known=task.metric_known, samples=1000 + 100 * i,
+            ))  # fmt: skip
+    return records
+
+
+def second_machine(source: Path, target: Path, factor: float = 0.8) -> Path:
+    """A copy of a throughput run as if measured on another machine, `factor` times as fast."""
+    target.mkdir(parents=True)
+    meta = json.loads((source / "run.json").read_text())
+    meta["run_id"] = target.name
+    meta["host"].update({"hostname": "ci-runner", "cpu": "Intel Xeon", "usable_cores": 4})
+    (target / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    lines = []
+    for line in (source / "records.jsonl").read_text().splitlines():
+        data = json.loads(line)
+        data["run_id"] = target.name
+        data["context"]["device_hardware"] = "Intel Xeon"
+        for name, est in data["metrics"].items():
+            if name.endswith("tokens_per_s"):
+                for key in ("value", "ci_low", "ci_high"):
+                    est[key] = est[key] * factor
+                est["raw"] = [v * factor for v in est["raw"]]
+        lines.append(json.dumps(data))
+    (target / "records.jsonl").write_text("\n".join(lines) + "\n")
+    return target

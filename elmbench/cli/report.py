@@ -9,6 +9,36 @@ import click
 
 
 @click.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN [RUN ...]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for the report (default: the first run's folder).",
+)
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["md", "csv", "html", "json"], case_sensitive=False),
+    multiple=True,
+    help="What to write (repeat for several); default: md, csv and html.",
+)
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Draw the figures.")
+def report(runs: tuple[str, ...], out: str | None, formats: tuple[str, ...], plots: bool) -> None:
+    """Tables and figures from one or more run folders (or run ids).
+
+    Any mix of throughput, norm micro-benchmark, profile and accuracy runs, from one machine or
+    several: writes summary.md, a CSV per table (tables/), figures as PNG and SVG (figures/) and
+    one self-contained report.html. Runs are labelled R1, R2, ... and never averaged together.
+    """
+    from elmbench.report import DEFAULT_FORMATS, make_report
+
+    chosen = tuple(f.lower() for f in formats) or DEFAULT_FORMATS
+    result = make_report(list(runs), out, chosen, plots)
+    for line in result.summary:
+        click.echo(line)
+
+
+@click.command()
 @click.argument("runs", nargs=-1, required=True, metavar="BASELINE NEW")
 @click.option(
     "--threshold",
@@ -65,4 +95,4 @@ def compare(runs: tuple[str, ...], threshold: float, save_name: str | None, fmt:
     sys.exit(comparison.exit_code)
 
 
-COMMANDS = [compare]
+COMMANDS = [report, compare]
