@@ -18,6 +18,7 @@ from elmbench.records import (
     AccuracyRecord,
     Context,
     Estimate,
+    FailureRecord,
     ProtocolInfo,
     Record,
     ThroughputRecord,
@@ -142,8 +143,9 @@ def freeze(path: Path, host: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def olmo_records() -> list[ThroughputRecord]:
-    """OLMo-1B (its own LayerNorm) beside OpenELM-1.1B (naive and fused) in one setting."""
+def olmo_records() -> list[Record]:
+    """OLMo-1B (its own LayerNorm) beside OpenELM-1.1B (naive and fused) in one setting, and
+    the apex variant left out (a skipped case)."""
     from elmbench.throughput.metrics import model_facts
 
     shape = {"batch_size": 1, "prompt_tokens": 128, "gen_tokens": 32}
@@ -156,8 +158,13 @@ def olmo_records() -> list[ThroughputRecord]:
                    **shape),
     ]  # fmt: skip
     facts = {r.model: model_facts(r.model) for r in made}
-    return [replace(r, num_params=facts[r.model].num_params, num_norms=facts[r.model].num_norms)
-            for r in made]  # fmt: skip
+    skipped = FailureRecord("throughput", {**made[1].case(), "norm": "apex"},
+                            "NVIDIA apex is not installed", "skipped")  # fmt: skip
+    return [
+        *(replace(r, num_params=facts[r.model].num_params, num_norms=facts[r.model].num_norms)
+          for r in made),
+        skipped,
+    ]  # fmt: skip
 
 
 def paper_accuracy_records() -> list[AccuracyRecord]:

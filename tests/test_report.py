@@ -48,7 +48,7 @@ def test_every_kind_from_two_machines_golden_markdown(tmp_path: Path) -> None:
     text = (tmp_path / "summary.md").read_text()
     check_golden(text, "all.md")
     assert result.tables == ["runs", "throughput", "openelm_vs_olmo", "norm_bench", "profile",
-                             "accuracy_zero_shot"]  # fmt: skip
+                             "accuracy_zero_shot", "failures"]  # fmt: skip
     # the two machines' rows sit side by side, labelled, never averaged into one row
     rows = [line.split("|")[1:5] for line in text.splitlines() if "| 1×16+8 " in line]
     cells = [[c.strip() for c in row] for row in rows]
