@@ -23,6 +23,7 @@ from elmbench.records import (
     AccuracyRecord,
     FailureRecord,
     NormBenchRecord,
+    ProfileRecord,
     Record,
     Run,
     ThroughputRecord,
@@ -378,6 +379,12 @@ def _notes(comparison: Comparison, alpha: float) -> list[str]:
                 f"the {name} was not interleaved (its cases ran one after another): a drift of "
                 "the machine's speed during it hits its cases unevenly"
             )
+    if any(isinstance(r, ProfileRecord) for run in (comparison.base, comparison.new)
+           for r in run.records):  # fmt: skip
+        notes.append(
+            "profile records are not compared: a profile's shares come from one profiled loop, "
+            "with no repetitions to test; compare throughput runs of the same cases instead"
+        )
     base, new = comparison.base.meta, comparison.new.meta
     changed = [
         f"{k} {base.versions.get(k)} -> {new.versions.get(k)}"

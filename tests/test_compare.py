@@ -204,3 +204,11 @@ def test_an_unknown_schema_version_is_refused_with_one_line(tmp_path: Path) -> N
     code, out, err = invoke("compare", str(run), str(run))
     assert code == 2 and not out
     assert len(err.strip().splitlines()) == 1 and "schema_version 9 is not supported" in err
+
+
+def test_profile_runs_are_not_compared_and_say_so() -> None:
+    profile = read_run(Path(__file__).parent / "data" / "report" / "profile")
+    result = compare_runs(profile, profile)
+    assert not result.rows and result.exit_code == 2
+    assert "nothing comparable" in markdown(result)
+    assert any("profile records are not compared" in note for note in result.notes)
