@@ -214,3 +214,26 @@ def test_a_real_run_reports_and_compares_with_itself(tmp_path: Path) -> None:
     assert (run / "report.html").exists() and (run / "figures").is_dir()
     code, out, _ = invoke("compare", str(run), str(run))
     assert code == 0 and "4 no significant change" in out and "not interleaved" not in out
+
+
+def test_variants_are_shown_against_naive_paired_by_round_when_interleaved(
+    tmp_path: Path,
+) -> None:
+    from recordkit import throughput, write_run
+
+    drift = [700.0, 350.0, 690.0, 360.0, 710.0, 340.0, 705.0, 355.0]  # the machine halves
+    fused = [0.9 * v for v in drift]  # 10% slower in every round
+    tables = {}
+    for order in ("interleaved", "sequential"):
+        records = [throughput("naive", drift, order=order), throughput("fused", fused, order=order)]
+        run = read_run(write_run(tmp_path / order, records))
+        tables[order] = next(t for t in build_tables(label_runs([run])) if t.name == "throughput")
+    paired = tables["interleaved"].frame.set_index("norm")
+    assert paired.loc["fused", "decode_vs_reference"] == pytest.approx(0.9)
+    assert paired.loc["fused", "decode_vs_reference_ci_low"] == pytest.approx(0.9)
+    assert paired.loc["fused", "decode_vs_reference_ci_high"] == pytest.approx(0.9)
+    assert paired.loc["naive", "reference_norm"] == "naive"
+    assert list(tables["interleaved"].shown["decode vs"]) == ["reference", "0.90x [0.90, 0.90]"]
+    unpaired = tables["sequential"].frame.set_index("norm")
+    low, high = (unpaired.loc["fused", f"decode_vs_reference_ci_{k}"] for k in ("low", "high"))
+    assert low < 0.6 and high > 1.2  # the drift swamps a ratio of medians

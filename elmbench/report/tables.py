@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from elmbench.measure.stats import Summary, ratio_test
 from elmbench.records import (
     AccuracyRecord,
     Estimate,
@@ -148,9 +149,13 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
     if not pairs:
         return None
     rows, shown = [], []
+    refs = _references(pairs)
+    referenced = {id(ref) for (_, r) in pairs if (ref := refs[id(r)]) is not r}
     for lr, r in sorted(pairs, key=lambda p: (_sort_key(p[1]), p[0].label)):
         prefill, decode = _metric(r, "prefill_tokens_per_s"), _metric(r, "decode_tokens_per_s")
         peak = _value(r, "peak_memory_bytes")
+        ref = refs[id(r)]
+        versus = {f: _versus(ref, r, f) for f in ("prefill_tokens_per_s", "decode_tokens_per_s")}
         rows.append({
             "run": lr.label, "run_id": lr.run.meta.run_id, **r.case(),
             "hardware": r.context.device_hardware,
@@ -168,11 +173,18 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
             "repetitions": r.protocol.repetitions,
             "order": r.protocol.order,
             "stable": r.stable,
+            "reference_norm": ref.norm,
+            **{f"{f.split('_')[0]}_vs_reference{k}": v[i] if v else None
+               for f, v in versus.items()
+               for i, k in enumerate(("", "_ci_low", "_ci_high"))},
         })  # fmt: skip
         shown.append({
             "run": lr.label, **_case_columns(r), "B×P+N": _shape(r),
             "prefill tok/s": num(_est(prefill, "value")), "prefill 95% CI": interval(prefill),
             "decode tok/s": num(_est(decode, "value")), "decode 95% CI": interval(decode),
+            **({"prefill vs": _ratio_text(r, referenced, versus["prefill_tokens_per_s"]),
+                "decode vs": _ratio_text(r, referenced, versus["decode_tokens_per_s"])}
+               if referenced else {}),
             "% roofline": num(_value(r, "decode_roofline_pct"), 1),
             "MFU %": num(_value(r, "prefill_mfu_pct"), 1),
             "peak MiB": num(None if peak is None else peak / 2**20, 0),
@@ -180,8 +192,65 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
             "note": _note(r),
         })  # fmt: skip
     notes = _throughput_notes([r for _, r in pairs])
+    if referenced:
+        notes.append(
+            "prefill vs / decode vs: the case over its reference, the same case in the same run "
+            "with the naive norm (else its first variant), with a 95% interval; in an "
+            "interleaved run repetition by repetition (both ran in the same round, so a drift "
+            "of the machine cancels), "
+            "otherwise the ratio of medians (bootstrap interval)"
+        )
     keep = ("prefill tok/s", "decode tok/s", "prefill 95% CI", "decode 95% CI", "norm")
     return _finish("throughput", "Throughput", rows, shown, runs, notes, keep)
+
+
+def _references(
+    pairs: Sequence[tuple[LabelledRun, ThroughputRecord]],
+) -> dict[int, ThroughputRecord]:
+    """Each record's reference in its own run: the same case with the naive norm (the paper's),
+    else the case's first norm variant; a record is its own reference when it has none other."""
+    groups: dict[tuple[Any, ...], list[ThroughputRecord]] = {}
+    for lr, r in pairs:
+        key = (lr.label, *(v for k, v in r.case().items() if k != "norm"))
+        groups.setdefault(key, []).append(r)
+    refs: dict[int, ThroughputRecord] = {}
+    for members in groups.values():
+        ref = next((r for r in members if r.norm == "naive"), members[0])
+        refs |= {id(r): ref for r in members}
+    return {id(r): refs[id(r)] for _, r in pairs}
+
+
+def _versus(
+    ref: ThroughputRecord, record: ThroughputRecord, figure: str
+) -> tuple[float, float | None, float | None] | None:
+    """A figure of a record over its reference's, with a 95% interval (None for the reference).
+
+    In an interleaved run repetition r of both ran in the same round, so the ratio is taken
+    repetition by repetition (a drift of the machine's speed cancels) and its interval is the
+    order-statistic interval of their median; otherwise the ratio of medians with its bootstrap
+    interval (`ratio_test`).
+    """
+    a, b = _metric(ref, figure), _metric(record, figure)
+    if ref is record or a is None or b is None or not a.raw or not b.raw:
+        return None
+    if ref.protocol.order == record.protocol.order == "interleaved":
+        paired = Summary.of([y / x for x, y in zip(a.raw, b.raw, strict=False)])
+        return paired.median, paired.ci_low, paired.ci_high
+    test = ratio_test(a.raw, b.raw)
+    return test.ratio, test.ci_low, test.ci_high
+
+
+def _ratio_text(
+    record: ThroughputRecord,
+    referenced: set[int],
+    value: tuple[float, float | None, float | None] | None,
+) -> str:
+    if value is None:
+        return "reference" if id(record) in referenced else "-"
+    ratio, low, high = value
+    if low is None or high is None:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
 
 
 def _est(est: Estimate | None, attr: str) -> float | None:
