@@ -133,11 +133,17 @@ class Timing:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per unstable section, and one when a cap cut the measurement short."""
+        """One line per unstable section, and one when a cap cut the measurement short.
+
+        A run that reached its precision target is not flagged for its spread: the interval of
+        each median, not the coefficient of variation, says how well it is known.
+        """
         out = []
         limit = f"{self.protocol.max_cv:.0%}"
         for name in self.sections:
             st = self.stats(name)
+            if self.stopped_by == "precision":
+                continue
             if st.cv is None:
                 out.append(
                     f"timing of '{name}' has {st.n} repetition(s): its variation is unknown; "
