@@ -265,6 +265,8 @@ def _differing_settings(base: Run, new: Run, old: Record, now: Record) -> str:
         if old.device == "cpu":
             pairs.append(("usable cores", base.meta.host.get("usable_cores"),
                           new.meta.host.get("usable_cores")))  # fmt: skip
+    if isinstance(old, ThroughputRecord) and isinstance(now, ThroughputRecord):
+        pairs.append(("threads", old.describe.get("threads"), now.describe.get("threads")))
     if isinstance(old, AccuracyRecord) and isinstance(now, AccuracyRecord):
         for name in ("weights", "tokenizer", "samples", "shots", "limit", "few_shot_source"):
             pairs.append((name, getattr(old, name), getattr(now, name)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ def test_different_devices_or_protocols_are_not_comparable_and_say_why(tmp_path:
                              [throughput("naive", protocol_over={"warmup": 1})])  # fmt: skip
     assert "protocol warmup: 2 vs 1" in other_protocol.rows[0].detail
     assert other_protocol.exit_code == 2
+    one_thread = replace(throughput("naive"), describe={"threads": 1})
+    threads = compare(tmp_path / "c", [throughput("naive")], [one_thread])
+    assert threads.rows[0].detail == "threads: None vs 1"
 
 
 def test_different_kernels_pair_the_case_as_not_comparable(tmp_path: Path) -> None:

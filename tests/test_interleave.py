@@ -12,7 +12,7 @@ from elmbench.backends.isolate import Group, Job, run_isolated
 from elmbench.errors import ConfigError
 from elmbench.measure.protocol import Protocol, Session, Timer
 from elmbench.records import ThroughputRecord, read_run
-from elmbench.suites import SuiteError, SuiteSpec, check_spec
+from elmbench.suites import SuiteError, SuiteSpec, check_spec, parse_value
 from elmbench.throughput.measure import SLOWDOWN_ENV
 from elmbench.throughput.plan import Case
 from elmbench.throughput.run import case_memory_bytes, interleave, run_spec
@@ -158,3 +158,11 @@ def test_the_test_slowdown_is_recorded_and_a_bad_value_fails_the_case(
     monkeypatch.setenv(SLOWDOWN_ENV, "fast")
     (failed,) = run_spec(spec, out=tmp_path).records
     assert failed.status == "failed" and SLOWDOWN_ENV in failed.reason
+
+
+def test_a_suite_can_pin_the_workers_threads(tmp_path: Path) -> None:
+    spec = TINY.with_overrides(norms=("naive",), threads=1)
+    (record,) = run_spec(spec, out=tmp_path).records
+    assert isinstance(record, ThroughputRecord) and record.describe["threads"] == 1
+    with pytest.raises(SuiteError, match="key 'threads' must be an integer >= 1"):
+        parse_value("threads", 0, "suite x")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,13 +66,14 @@ def run_isolated(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     python: str = sys.executable,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run jobs (and interleaved groups of jobs) in one child process per backend, in order;
-    return (and stream) their records."""
+    return (and stream) their records. `env` is added to every worker's environment."""
     groups: dict[str, list[Unit]] = {}
     for job in jobs:
         groups.setdefault(job.backend, []).append(job)
-    envs = {backend: worker_env(backend) for backend in groups}  # errors before any work
+    envs = {backend: worker_env(backend) | dict(env or {}) for backend in groups}
     records = []
     for backend, group in groups.items():
         for record in _run_group(backend, group, python, on_progress, envs[backend]):

@@ -54,6 +54,7 @@ class SuiteSpec:
     precision_pct: float | None = None  # repeat until the median's 95% interval is within +-this %
     max_seconds: float | None = None  # the time cap per case that goes with precision_pct
     order: str = "sequential"  # or interleaved: repetition r of every case before r + 1 of any
+    threads: int | None = None  # CPU threads of each worker (OMP_NUM_THREADS); None: as set
     seed: int = 0
     norm_tokens: tuple[int, ...] = (1, 512)  # kind 'norms': rows per call of the micro-benchmark
     quantize: int | None = None  # MLX: quantize weights on load to 4 or 8 bits
@@ -176,6 +177,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "precision_pct": lambda v: None if v is None else _positive_float(v),
     "max_seconds": lambda v: None if v is None else _positive_float(v),
     "order": _choice(ORDERS),
+    "threads": lambda v: None if v is None else _int_at_least(1)(v),
     "seed": _int_at_least(0),
     "norm_tokens": _positive_ints,
     "quantize": lambda v: None if v is None else _choice_int((4, 8))(v),

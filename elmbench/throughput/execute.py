@@ -55,10 +55,12 @@ def execute(
     records: Callable[[Case, dict[str, Any]], Sequence[Record]],
     on_event: Callable[[str, Event], None],
     units: Callable[[list[tuple[Case, Job]]], list[Unit]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> int:
     """Run the plan's cases that are not `done` and append their `records`; returns how many ran.
 
-    `units` may gather the jobs into groups that a worker runs interleaved (default: one by one).
+    `units` may gather the jobs into groups that a worker runs interleaved (default: one by one);
+    `env` is added to the workers' environment.
 
     Events: ('plan', {cases, todo, path, notes}), ('progress', worker event with 'index' and
     'case'), ('case', {index, case, records}).
@@ -87,6 +89,6 @@ def execute(
         index, case = todo[event["case_id"]]
         on_event("progress", {**event, "index": index, "case": case})
 
-    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
+    run_isolated(jobs, on_record=on_record, on_progress=on_progress, env=env)
     writer.finish()
     return len(pairs)

@@ -94,6 +94,14 @@ def _job(case: Case, spec: SuiteSpec, plan: Plan, key: str) -> Job:
     return Job(TASKS[spec.kind], case.backend, model_spec(case, spec, plan), params, key)
 
 
+def thread_env(threads: int | None) -> dict[str, str] | None:
+    """The workers' CPU threads (OpenMP: torch's intra-op pool and OpenBLAS), when a spec pins
+    them; records show the count the framework used (`describe`)."""
+    if threads is None:
+        return None
+    return {"OMP_NUM_THREADS": str(threads)}
+
+
 def available_memory_bytes() -> int | None:
     """Memory the system could give now (Linux MemAvailable, else the physical total)."""
     try:
@@ -213,6 +221,7 @@ def run_spec(
             records=to_records,
             on_event=on_event,
             units=units,
+            env=thread_env(spec.threads),
         )
     run = read_run(writer.path)
     done_before = len(plan.cases) - measured
