@@ -43,14 +43,23 @@ BASELINES_DIR = Path("reports") / "baselines"
 
 # The timed figures compared, per record kind; higher is better for each.
 TIMED: dict[type[Record], tuple[str, ...]] = {
-    ThroughputRecord: ("prefill_tokens_per_s", "decode_tokens_per_s"),
+    ThroughputRecord: (
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "prefill_on_cpu_tokens_per_s",
+        "decode_on_cpu_tokens_per_s",
+    ),
     NormBenchRecord: ("norm_bandwidth_gb_per_s",),
 }
 FIGURE_NAMES = {
     "prefill_tokens_per_s": "prefill tok/s",
     "decode_tokens_per_s": "decode tok/s",
+    "prefill_on_cpu_tokens_per_s": "prefill on-CPU tok/s",
+    "decode_on_cpu_tokens_per_s": "decode on-CPU tok/s",
     "norm_bandwidth_gb_per_s": "norm GB/s",
 }
+# Figures a record may lack by design (one-thread runs only): compared where both runs have them.
+OPTIONAL = ("prefill_on_cpu_tokens_per_s", "decode_on_cpu_tokens_per_s")
 # Case fields that say where and how a case ran rather than what it is: a case that differs from
 # its counterpart only in these is shown as not comparable, with the differing fields.
 SETTING_FIELDS = ("backend", "device", "kernels")
@@ -136,11 +145,22 @@ def resolve_run(ref: str | Path, baselines: Path = BASELINES_DIR) -> Run:
 
 
 def compare_runs(
-    base: Run, new: Run, threshold_pct: float = DEFAULT_THRESHOLD_PCT, alpha: float = ALPHA
+    base: Run,
+    new: Run,
+    threshold_pct: float = DEFAULT_THRESHOLD_PCT,
+    alpha: float = ALPHA,
+    figures: Sequence[str] | None = None,
 ) -> Comparison:
-    """Match two runs case by case and give every figure its verdict."""
+    """Match two runs case by case and give every figure its verdict (`figures`: only these of
+    the timed figures; accuracy is always compared)."""
     if not threshold_pct >= 0:
         raise ElmbenchError(f"--threshold must be a percentage >= 0 (found {threshold_pct})")
+    known = [f for names in TIMED.values() for f in names]
+    unknown = [f for f in figures or () if f not in known]
+    if unknown:
+        raise ElmbenchError(
+            f"--figures: unknown figure '{unknown[0]}'; figures: {', '.join(known)}"
+        )
     base_cases, new_cases = _by_case(base.records), _by_case(new.records)
     rows: list[Row] = []
     pending: list[tuple[Record, Record]] = []
@@ -158,6 +178,9 @@ def compare_runs(
         ]
     for old, now in pending:
         rows += _compare_pair(base, new, old, now)
+    if figures:
+        rows = [r for r in rows if r.kind == AccuracyRecord.KIND or r.figure in figures
+                or r.verdict in (ONLY_BASE, ONLY_NEW)]  # fmt: skip
     rows += [_only(r, ONLY_BASE) for r in only_base] + [_only(r, ONLY_NEW) for r in only_new]
     rows = _judge(rows, threshold_pct, alpha)
     comparison = Comparison(base, new, threshold_pct, rows)
@@ -182,9 +205,11 @@ def _by_case(records: Iterable[Record]) -> dict[tuple[str, str], Record]:
 
 
 def _figures(record: Record) -> tuple[str, ...]:
+    """The figures a record is compared on (the optional ones where it has them)."""
+    metrics = getattr(record, "metrics", {})
     for cls, figures in TIMED.items():
         if _kind(record) == cls.KIND:
-            return figures
+            return tuple(f for f in figures if f not in OPTIONAL or f in metrics)
     if isinstance(record, AccuracyRecord):
         return (record.metric,)
     if isinstance(record, FailureRecord):
@@ -248,7 +273,7 @@ def _compare_pair(base: Run, new: Run, old: Record, now: Record) -> list[Row]:
         return [Row(kind, case, f, NOT_COMPARABLE, detail=differing) for f in figures]
     if isinstance(old, AccuracyRecord) and isinstance(now, AccuracyRecord):
         return [_accuracy_row(old, now)]
-    return [_timed_row(kind, case, f, old, now) for f in figures]
+    return [row for f in figures if (row := _timed_row(kind, case, f, old, now)) is not None]
 
 
 def _differing_settings(base: Run, new: Run, old: Record, now: Record) -> str:
@@ -273,9 +298,13 @@ def _differing_settings(base: Run, new: Run, old: Record, now: Record) -> str:
     return "; ".join(f"{name}: {a} vs {b}" for name, a, b in pairs if a != b)
 
 
-def _timed_row(kind: str, case: dict[str, Any], figure: str, old: Record, now: Record) -> Row:
+def _timed_row(
+    kind: str, case: dict[str, Any], figure: str, old: Record, now: Record
+) -> Row | None:
     old_est = getattr(old, "metrics", {}).get(figure)
     new_est = getattr(now, "metrics", {}).get(figure)
+    if figure in OPTIONAL and old_est is None and new_est is None:
+        return None
     if old_est is None or new_est is None or not old_est.raw or not new_est.raw:
         why = getattr(now if new_est is None else old, "skipped", {}).get(figure, "no raw values")
         return Row(kind, case, figure, NOT_COMPARABLE, detail=f"not measured: {why}")

@@ -24,7 +24,7 @@ from elmbench.compare import (
     markdown,
     resolve_run,
 )
-from elmbench.records import FailureRecord, read_run
+from elmbench.records import Estimate, FailureRecord, ThroughputRecord, read_run
 
 
 def compare(tmp_path: Path, base: list, new: list, threshold: float = 5.0, **kw) -> Comparison:
@@ -216,3 +216,26 @@ def test_profile_runs_are_not_compared_and_say_so() -> None:
     assert not result.rows and result.exit_code == 2
     assert "nothing comparable" in markdown(result)
     assert any("profile records are not compared" in note for note in result.notes)
+
+
+def test_figures_chooses_what_is_judged(tmp_path: Path) -> None:
+    def with_on_cpu(norm: str, wall: list[float], on_cpu: list[float]) -> ThroughputRecord:
+        record = throughput(norm, wall)
+        metrics = {**record.metrics, "decode_on_cpu_tokens_per_s": Estimate.of(on_cpu, "tokens/s")}
+        return replace(record, metrics=metrics)
+
+    # the wall-clock rate fell by a third (the machine got busy), the on-CPU rate did not
+    base = [with_on_cpu("naive", noisy(700, 0.02, seed=1), noisy(900, 0.01, seed=2))]
+    new = [with_on_cpu("naive", noisy(470, 0.02, seed=3), noisy(900, 0.01, seed=4))]
+    every = compare(tmp_path / "a", base, new)
+    assert verdicts(every)["naive", "decode_tokens_per_s"] == SLOWER
+    assert verdicts(every)["naive", "decode_on_cpu_tokens_per_s"] == SAME
+    a, b = read_run(tmp_path / "a" / "base"), read_run(tmp_path / "a" / "new")
+    chosen = compare_runs(a, b, figures=["decode_on_cpu_tokens_per_s"])
+    assert [r.figure for r in chosen.rows] == ["decode_on_cpu_tokens_per_s"]
+    assert chosen.exit_code == 0
+    code, out, _ = invoke("compare", str(a.path), str(b.path), "--figures",
+                          "decode_on_cpu_tokens_per_s")  # fmt: skip
+    assert code == 0 and "decode on-CPU tok/s" in out
+    code, _, err = invoke("compare", str(a.path), str(b.path), "--figures", "speed")
+    assert code == 2 and "unknown figure 'speed'" in err

@@ -164,5 +164,12 @@ def test_a_suite_can_pin_the_workers_threads(tmp_path: Path) -> None:
     spec = TINY.with_overrides(norms=("naive",), threads=1)
     (record,) = run_spec(spec, out=tmp_path).records
     assert isinstance(record, ThroughputRecord) and record.describe["threads"] == 1
+    # one thread: the rates without the time other tasks held the CPU (Linux reports it here)
+    decode, on_cpu = (record.metrics[f] for f in ("decode_tokens_per_s",
+                                                  "decode_on_cpu_tokens_per_s"))  # fmt: skip
+    assert all(c >= w for c, w in zip(on_cpu.raw, decode.raw, strict=True))
+    assert "prefill_on_cpu_tokens_per_s" in record.metrics
+    (two,) = run_spec(spec.with_overrides(threads=2), out=tmp_path).records
+    assert "needs one CPU thread (threads: 2)" in two.skipped["decode_on_cpu_tokens_per_s"]
     with pytest.raises(SuiteError, match="key 'threads' must be an integer >= 1"):
         parse_value("threads", 0, "suite x")

@@ -54,6 +54,12 @@ def report(runs: tuple[str, ...], out: str | None, formats: tuple[str, ...], plo
     help="Instead of comparing: store the one RUN given as reports/baselines/NAME.",
 )
 @click.option(
+    "--figures",
+    metavar="NAMES",
+    help="Judge only these timed figures (comma-separated), e.g. "
+    "prefill_on_cpu_tokens_per_s,decode_on_cpu_tokens_per_s; default: every one both runs have.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["markdown", "json"], case_sensitive=False),
@@ -61,7 +67,9 @@ def report(runs: tuple[str, ...], out: str | None, formats: tuple[str, ...], plo
     show_default=True,
     help="markdown (for a pull request) or json.",
 )
-def compare(runs: tuple[str, ...], threshold: float, save_name: str | None, fmt: str) -> None:
+def compare(
+    runs: tuple[str, ...], threshold: float, save_name: str | None, figures: str | None, fmt: str
+) -> None:
     """Compare a new run with a baseline run (a folder, a run id, or a saved baseline's name).
 
     Cases are matched on every case field. Timed figures: ratio of medians with a bootstrap
@@ -83,8 +91,9 @@ def compare(runs: tuple[str, ...], threshold: float, save_name: str | None, fmt:
         return
     if len(runs) != 2:
         raise ElmbenchError(f"compare takes BASELINE and NEW (2 runs); {len(runs)} given")
+    chosen = [f.strip() for f in figures.split(",") if f.strip()] if figures else None
     comparison = cmp.compare_runs(
-        cmp.resolve_run(runs[0]), cmp.resolve_run(runs[1]), threshold_pct=threshold
+        cmp.resolve_run(runs[0]), cmp.resolve_run(runs[1]), threshold_pct=threshold, figures=chosen
     )
     text = cmp.markdown(comparison)
     if fmt == "json":

@@ -94,6 +94,7 @@ class ThroughputCase:
         self.slowdown = slowdown_fraction()
         self.tokens: list[Any] = []
         self.waits: list[float | None] = []  # per call (warm-ups first): decode's thread time lost
+        self.prefill_waits: list[float | None] = []  # the same for prefill
         self.probes: list[dict[str, Any]] = []
         self.probed_at = 0.0  # measured seconds when the last probe ran
         self.peaks: list[int] = []  # the peak memory of each window between probes
@@ -103,9 +104,11 @@ class ThroughputCase:
     def _once(self, timer: Timer) -> None:
         backend, new, prompt_len = self.backend, self.new, self.prompt_len
         self.on_call()
+        before = cpuwait.snapshot()
         with timer.section("prefill"):
             tok = backend.prefill(self.prompt)
             backend.synchronize(tok)
+        self.prefill_waits.append(cpuwait.waited_s(before))
         self.tokens[:] = [tok]
         before = cpuwait.snapshot()
         with timer.section("decode"):
@@ -176,6 +179,7 @@ class ThroughputCase:
             "describe": backend.describe(),
             "case_membw": self.probes,  # before, between and after the repetitions
             "decode_cpu_wait_raw_s": self.waits[self.protocol.warmup :],  # None: not reported
+            "prefill_cpu_wait_raw_s": self.prefill_waits[self.protocol.warmup :],
             "extra_warnings": warnings,
         }
 
