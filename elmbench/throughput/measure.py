@@ -94,7 +94,7 @@ class ThroughputCase:
         self.slowdown = slowdown_fraction()
         self.tokens: list[Any] = []
         self.waits: list[float | None] = []  # per call (warm-ups first): decode's thread time lost
-        self.prefill_waits: list[float | None] = []  # the same for prefill
+        self.own_waits: dict[str, list[float | None]] = {"prefill": [], "decode": []}
         self.probes: list[dict[str, Any]] = []
         self.probed_at = 0.0  # measured seconds when the last probe ran
         self.peaks: list[int] = []  # the peak memory of each window between probes
@@ -104,13 +104,13 @@ class ThroughputCase:
     def _once(self, timer: Timer) -> None:
         backend, new, prompt_len = self.backend, self.new, self.prompt_len
         self.on_call()
-        before = cpuwait.snapshot()
+        own = cpuwait.own_wait_ns()
         with timer.section("prefill"):
             tok = backend.prefill(self.prompt)
             backend.synchronize(tok)
-        self.prefill_waits.append(cpuwait.waited_s(before))
+        self._own_wait("prefill", own)
         self.tokens[:] = [tok]
-        before = cpuwait.snapshot()
+        before, own = cpuwait.snapshot(), cpuwait.own_wait_ns()
         with timer.section("decode"):
             start = time.perf_counter()
             for i in range(new - 1):
@@ -119,7 +119,14 @@ class ThroughputCase:
             backend.synchronize(tok)
             if self.slowdown:  # test-only: a known regression for compare's A/B check
                 time.sleep(self.slowdown * (time.perf_counter() - start))
+        self._own_wait("decode", own)
         self.waits.append(cpuwait.waited_s(before))
+
+    def _own_wait(self, section: str, before: int | None) -> None:
+        """The measuring thread's run-queue wait in a section (for the on-CPU rates)."""
+        after = cpuwait.own_wait_ns()
+        waited = None if before is None or after is None else (after - before) / 1e9
+        self.own_waits[section].append(waited)
 
     def probe(self, after_repetition: int) -> None:
         """A read-bandwidth probe beside the case (outside its timed region)."""
@@ -179,7 +186,10 @@ class ThroughputCase:
             "describe": backend.describe(),
             "case_membw": self.probes,  # before, between and after the repetitions
             "decode_cpu_wait_raw_s": self.waits[self.protocol.warmup :],  # None: not reported
-            "prefill_cpu_wait_raw_s": self.prefill_waits[self.protocol.warmup :],
+            **{
+                f"{name}_thread_wait_raw_s": waits[self.protocol.warmup :]
+                for name, waits in self.own_waits.items()
+            },
             "extra_warnings": warnings,
         }
 

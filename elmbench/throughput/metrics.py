@@ -130,13 +130,13 @@ def _on_cpu(
     waits: Sequence[float | None] | None,
     threads: object,
 ) -> Estimate | str:
-    """amount / (section seconds - the run-queue wait of its thread) per repetition: the rate
-    with the time other tasks held the CPU taken out, or why there is none. Exact for one thread
-    only: the waits of several threads overlap in time and do not add up to lost wall time."""
+    """amount / (section seconds - the measuring thread's run-queue wait) per repetition: the
+    rate with the time other tasks held the CPU taken out, or why there is none. Exact for one
+    compute thread only: with several, the others' waits also stall the step."""
     if threads != 1:
         return (
-            f"needs one CPU thread (threads: {threads}): the waits of several threads overlap "
-            "in time (a suite's threads: 1 measures it)"
+            f"needs one CPU thread (threads: {threads}): with several, the others' waits "
+            "stall a step too (a suite's threads: 1 measures it)"
         )
     if not waits or None in waits or len(waits) != len(seconds):
         return "not measured: this system reports no per-thread run-queue times (Linux's schedstat)"
@@ -181,7 +181,7 @@ def throughput_record(
         metrics["decode_bandwidth_gb_per_s"] = bandwidth
         pct, roofline = _roofline(device, result.get("case_membw") or [], bandwidth)
         wait = _cpu_wait(result.get("decode_cpu_wait_raw_s"))
-        on_cpu = _on_cpu(b * steps, decode, result.get("decode_cpu_wait_raw_s"),
+        on_cpu = _on_cpu(b * steps, decode, result.get("decode_thread_wait_raw_s"),
                          desc.get("threads"))  # fmt: skip
         for name, value in (("decode_roofline_pct", pct), ("decode_cpu_wait_ms", wait),
                             ("decode_on_cpu_tokens_per_s", on_cpu)):  # fmt: skip
@@ -194,7 +194,7 @@ def throughput_record(
         for name in THROUGHPUT_METRICS:
             if name.startswith("decode_"):
                 skipped[name] = reason
-    prefill_on_cpu = _on_cpu(b * p, prefill, result.get("prefill_cpu_wait_raw_s"),
+    prefill_on_cpu = _on_cpu(b * p, prefill, result.get("prefill_thread_wait_raw_s"),
                              desc.get("threads"))  # fmt: skip
     if isinstance(prefill_on_cpu, str):
         skipped["prefill_on_cpu_tokens_per_s"] = prefill_on_cpu
