@@ -95,6 +95,7 @@ class ThroughputCase:
         self.tokens: list[Any] = []
         self.waits: list[float | None] = []  # per call (warm-ups first): decode's thread time lost
         self.own_waits: dict[str, list[float | None]] = {"prefill": [], "decode": []}
+        self.one_thread = backend.describe().get("threads") == 1
         self.probes: list[dict[str, Any]] = []
         self.probed_at = 0.0  # measured seconds when the last probe ran
         self.peaks: list[int] = []  # the peak memory of each window between probes
@@ -104,27 +105,32 @@ class ThroughputCase:
     def _once(self, timer: Timer) -> None:
         backend, new, prompt_len = self.backend, self.new, self.prompt_len
         self.on_call()
-        own = cpuwait.own_wait_ns()
         with timer.section("prefill"):
+            own = self._own()
             tok = backend.prefill(self.prompt)
             backend.synchronize(tok)
-        self._own_wait("prefill", own)
+            self._own_wait("prefill", own)
         self.tokens[:] = [tok]
-        before, own = cpuwait.snapshot(), cpuwait.own_wait_ns()
+        before = cpuwait.snapshot()
         with timer.section("decode"):
-            start = time.perf_counter()
+            own, cpu = self._own(), time.thread_time()
             for i in range(new - 1):
                 tok = backend.decode(tok, prompt_len + i)
                 self.tokens.append(tok)
             backend.synchronize(tok)
             if self.slowdown:  # test-only: a known regression for compare's A/B check
-                time.sleep(self.slowdown * (time.perf_counter() - start))
-        self._own_wait("decode", own)
+                spin(self.slowdown * (time.thread_time() - cpu))
+            self._own_wait("decode", own)
         self.waits.append(cpuwait.waited_s(before))
+
+    def _own(self) -> int | None:
+        """The measuring thread's run-queue wait so far, read inside a timed section (a few
+        microseconds) so that the wait of a section never exceeds it; one-thread runs only."""
+        return cpuwait.own_wait_ns() if self.one_thread else None
 
     def _own_wait(self, section: str, before: int | None) -> None:
         """The measuring thread's run-queue wait in a section (for the on-CPU rates)."""
-        after = cpuwait.own_wait_ns()
+        after = self._own()
         waited = None if before is None or after is None else (after - before) / 1e9
         self.own_waits[section].append(waited)
 
@@ -174,7 +180,8 @@ class ThroughputCase:
         warnings = []
         if self.slowdown:
             warnings.append(
-                f"test-only slowdown: decode slept {self.slowdown:.1%} of its time ({SLOWDOWN_ENV})"
+                f"test-only slowdown: decode spun {self.slowdown:.1%} more CPU time "
+                f"({SLOWDOWN_ENV})"
             )
         return {
             "status": "ok",
@@ -194,8 +201,16 @@ class ThroughputCase:
         }
 
 
+def spin(cpu_seconds: float) -> None:
+    """Busy-wait until this thread has used `cpu_seconds` more CPU time (preemption excluded)."""
+    end = time.thread_time() + cpu_seconds
+    while time.thread_time() < end:
+        pass
+
+
 def slowdown_fraction() -> float:
-    """The share of decode time to add as sleep ($ELMBENCH_TEST_SLOWDOWN_DECODE; tests only)."""
+    """The share of decode's CPU time to add as busy work ($ELMBENCH_TEST_SLOWDOWN_DECODE; tests
+    and compare's A/B check only)."""
     text = os.environ.get(SLOWDOWN_ENV, "").strip()
     if not text:
         return 0.0
