@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from elmbench.compare import SLOWER, compare_runs
+from elmbench.compare import SAME, SLOWER, compare_runs
 from elmbench.records import read_run
 from elmbench.suites import suite_path
 from elmbench.throughput.measure import SLOWDOWN_ENV
@@ -126,9 +126,29 @@ def findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             if caught >= math.ceil(0.9 * len(pairs)) and order not in smallest:
                 smallest[order] = f"{float(slowdown):.0%}"
     lines += [""]
-    for order in results["orders"]:
+    for order, data in results["orders"].items():
         lines.append(f"- {order}: smallest slowdown caught in at least 9 of 10 pairs: "
                      f"{smallest.get(order, 'none of those tried')}")  # fmt: skip
+        # prefill is untouched by the decode slowdown: its calls in A/B pairs are false ones too
+        ab = [p for pairs in data["ab"].values() for p in pairs]
+        false_prefill = sum(
+            any(r["figure"].startswith("prefill") and r["verdict"] != SAME for r in p["rows"])
+            for p in ab
+        )
+        lines.append(f"- {order}: prefill (which the slowdown leaves alone) called different in "
+                     f"{false_prefill} of {len(ab)} A/B pairs")  # fmt: skip
+        worst = [
+            max((abs(100 * (r["ratio"] - 1)) for r in p["rows"] if r["ratio"] is not None),
+                default=0.0)
+            for p in data["aa"]
+        ]  # fmt: skip
+        if worst:
+            lines.append(
+                f"- {order}: largest A/A change of any judged figure, per pair: median "
+                f"{statistics.median(worst):.1f}%, 95th percentile "
+                f"{float(np.percentile(worst, 95)):.1f}% (a floor above it calls no difference "
+                "in 95% of such pairs)"
+            )
     lines += ["", "A/A run-to-run change per figure (new / baseline - 1, over the pairs), and the "
               "smallest change each pair could have called:", "",
               "| order | case | figure | median abs change | 95th pct abs change | largest | "

@@ -75,6 +75,9 @@ def _series_label(lr: LabelledRun, r: Any, fields: Sequence[str], show_run: bool
     """A series name from the fields that vary within a figure (and the run, when several)."""
     parts = [lr.label] if show_run else []
     for name in fields:
+        if name == "order":  # how the run ordered its cases, from the record's protocol
+            parts.append(r.protocol.order)
+            continue
         parts.append(_shape(r) if name == "shape" else f"{name} {getattr(r, name)}")
     return ", ".join(parts) or "measured"
 
@@ -148,6 +151,8 @@ def norm_variant_figures(runs: Sequence[LabelledRun]) -> list[ReportFigure]:
         records = [r for _, r in members]
         norms = list(dict.fromkeys(r.norm for r in records))
         fields = _varying(records, ("backend", "device", "kernels", "compile"))
+        if len({r.protocol.order for r in records}) > 1:
+            fields.append("order")
         fig, (pre, dec) = _new(cols=2)
         for ax, metric, name in ((pre, "prefill_tokens_per_s", "Prefill"),
                                  (dec, "decode_tokens_per_s", "Decode")):  # fmt: skip
