@@ -149,6 +149,7 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
     if not pairs:
         return None
     rows, shown = [], []
+    on_cpu = any("decode_on_cpu_tokens_per_s" in r.metrics for _, r in pairs)
     refs = _references(pairs)
     referenced = {id(ref) for (_, r) in pairs if (ref := refs[id(r)]) is not r}
     for lr, r in sorted(pairs, key=lambda p: (_sort_key(p[1]), p[0].label)):
@@ -165,6 +166,8 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
             "decode_tokens_per_s": _est(decode, "value"),
             "decode_ci_low": _est(decode, "ci_low"),
             "decode_ci_high": _est(decode, "ci_high"),
+            "prefill_on_cpu_tokens_per_s": _value(r, "prefill_on_cpu_tokens_per_s"),
+            "decode_on_cpu_tokens_per_s": _value(r, "decode_on_cpu_tokens_per_s"),
             "decode_bandwidth_gb_per_s": _value(r, "decode_bandwidth_gb_per_s"),
             "roofline_gb_per_s": r.roofline.peak_gb_per_s if r.roofline else None,
             "decode_roofline_pct": _value(r, "decode_roofline_pct"),
@@ -182,6 +185,9 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
             "run": lr.label, **_case_columns(r), "B×P+N": _shape(r),
             "prefill tok/s": num(_est(prefill, "value")), "prefill 95% CI": interval(prefill),
             "decode tok/s": num(_est(decode, "value")), "decode 95% CI": interval(decode),
+            **({"prefill on-CPU": num(_value(r, "prefill_on_cpu_tokens_per_s")),
+                "decode on-CPU": num(_value(r, "decode_on_cpu_tokens_per_s"))}
+               if on_cpu else {}),
             **({"prefill vs": _ratio_text(r, referenced, versus["prefill_tokens_per_s"]),
                 "decode vs": _ratio_text(r, referenced, versus["decode_tokens_per_s"])}
                if referenced else {}),
@@ -192,6 +198,11 @@ def throughput_table(runs: Sequence[LabelledRun]) -> Table | None:
             "note": _note(r),
         })  # fmt: skip
     notes = _throughput_notes([r for _, r in pairs])
+    if on_cpu:
+        notes.append(
+            "on-CPU: tokens/s with the time the (one) worker thread waited for a CPU taken out "
+            "(one-thread runs)"
+        )
     if referenced:
         notes.append(
             "prefill vs / decode vs: the case over its reference, the same case in the same run "
