@@ -255,7 +255,7 @@ def roofline_figures(runs: Sequence[LabelledRun]) -> list[ReportFigure]:
                             fontsize="small")  # fmt: skip
         bw.set_yticks(ys, labels)
         bw.set_xlabel("GB/s")
-        bw.set_title("Decode: achieved vs peak memory bandwidth")
+        bw.set_title("Decode: achieved vs peak\nmemory bandwidth")
         bw.legend(fontsize="small", loc="lower right")
         bw.grid(axis="x", alpha=0.3)
         flops = [r.metrics["prefill_flop_per_s"].value if "prefill_flop_per_s" in r.metrics
@@ -268,7 +268,7 @@ def roofline_figures(runs: Sequence[LabelledRun]) -> list[ReportFigure]:
                        color="black", label="peak (device's dense FLOP/s)")  # fmt: skip
             fl.set_title("Prefill: achieved vs peak compute")
         else:
-            fl.set_title("Prefill: achieved compute (the device publishes no peak)")
+            fl.set_title("Prefill: achieved compute\n(the device publishes no peak)")
         fl.set_yticks(ys, [""] * len(ys))
         fl.set_xlabel(unit)
         fl.legend(fontsize="small", loc="lower right")

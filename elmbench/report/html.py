@@ -17,15 +17,17 @@ MODELS_SECTION = ("models", "Models")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5rem auto;
-       max-width: 1300px; padding: 0 1rem; color: #1b1b1b; line-height: 1.45; }
+       max-width: 1500px; padding: 0 1rem; color: #1b1b1b; line-height: 1.45; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
 h2 { font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
 nav a { margin-right: 1rem; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
-th, td { border: 1px solid #d6d6d6; padding: .25rem .5rem; text-align: left;
-         white-space: nowrap; }
-th { background: #f3f3f3; position: sticky; top: 0; }
+th, td { border: 1px solid #d6d6d6; padding: .2rem .4rem; text-align: left; }
+td { white-space: nowrap; }
+td:nth-child(n+2) { white-space: normal; }
+th { background: #f3f3f3; position: sticky; top: 0; white-space: normal; min-width: 3rem;
+     vertical-align: bottom; }
 tr:nth-child(even) td { background: #fafafa; }
 p.common { font-size: .85rem; color: #444; margin: .3rem 0; }
 ul.notes { font-size: .85rem; color: #444; }
