@@ -70,11 +70,12 @@ def report(runs: tuple[str, ...], out: str | None, formats: tuple[str, ...], plo
 def compare(
     runs: tuple[str, ...], threshold: float, save_name: str | None, figures: str | None, fmt: str
 ) -> None:
-    """Compare a new run with a baseline run (a folder, a run id, or a saved baseline's name).
+    """Compare a new run with a baseline run: verdicts and an exit code for CI.
 
-    Cases are matched on every case field. Timed figures: ratio of medians with a bootstrap
-    interval, Mann-Whitney test (Holm over the comparison) and a minimum change (--threshold);
-    accuracy: delta against the combined standard error. Prints markdown (appended to
+    BASELINE and NEW are run folders, run ids, or a saved baseline's name. Cases are matched on
+    every case field. Timed figures: ratio of medians with a bootstrap interval, Mann-Whitney
+    test (Holm over the comparison) and a minimum change (--threshold); accuracy: delta against
+    the combined standard error. Prints markdown (appended to
     $GITHUB_STEP_SUMMARY when set). Exit status: 0 no significant regression, 1 a regression,
     2 bad input or nothing comparable.
     """
