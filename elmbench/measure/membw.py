@@ -3,7 +3,7 @@
 Each reader streams a float32 buffer far larger than the last-level cache with all threads, and
 the best of a few passes after a warm-up counts; GB/s are 1e9 bytes per second. A roofline must
 not be beaten by a real kernel, so `measure_roofline` keeps the fastest of several readers:
-`torch.sum`, and the streaming GEMV kernel that CPU decode uses (which reads faster on some CPUs).
+`torch.sum`, and the engine's streaming GEMV kernel (which reads faster on some CPUs).
 Their buffers are in transparent huge pages where the engine puts model weights
 (`elmbench.engine.hugepages`), since the page size alone changes how fast a stream reads.
 """
