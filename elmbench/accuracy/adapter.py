@@ -1,8 +1,10 @@
 """One lm-eval model class over the backend seam, for torch and MLX alike.
 
-Scoring is batched (length-sorted, right-padded, one forward per batch) and requests whose inputs
-are identical (the choices of a multiple-choice question with one-token answers) share a forward,
-as lm-eval's HF model does with its logits cache. Results equal scoring one request at a time.
+Scoring is batched (length-sorted, right-padded, one forward per batch). By default the requests
+of one document (the choices of a multiple-choice question) go into one packed row that computes
+their shared token prefix once (`elmbench.accuracy.packing`); the plain path scores each distinct
+input whole, sharing a forward only between identical inputs as lm-eval's HF model does. Both
+equal scoring one request at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
+from elmbench.accuracy import packing
 from elmbench.accuracy.tokenizer import Tokenizer
 from elmbench.backends import Backend
 from elmbench.errors import ElmbenchError
@@ -32,6 +35,7 @@ class ElmLM(TemplateLM):
         max_length: int | None = None,
         max_gen_toks: int = 256,
         add_bos_token: bool = True,
+        share_prefix: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -40,9 +44,13 @@ class ElmLM(TemplateLM):
         self._max_length = max_length or int(model.config.max_context_length)
         self.max_gen_toks = max_gen_toks
         self.add_bos_token = add_bos_token
+        # Packed rows where the backend scores them (OpenELM; not transformers' comparison models).
+        self.share_prefix = share_prefix and model.packs_rows
         self.forwards = 0  # forward passes run, for the batching benchmark
-        self.input_tokens = 0  # tokens of those passes' inputs, without padding
+        self.input_tokens = 0  # tokens of the distinct inputs scored, each counted whole
+        self.computed_tokens = 0  # tokens run through the model: shared prefixes once, no padding
         self.padded_tokens = 0  # rows x longest row, padding included
+        self._groups: list[Any] | None = None  # the document of each request, while it is scored
         # Data parallel under `accelerate launch`: lm-eval shards requests by rank and gathers
         # metrics through the methods below; rank 0 alone gets the results.
         import torch.distributed as dist
@@ -103,6 +111,16 @@ class ElmLM(TemplateLM):
 
     # Scoring -------------------------------------------------------------------------------------
 
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
+        """lm-eval's tokenization, then scoring with each request's document as its group."""
+        self._groups = [
+            (getattr(r, "task_name", None), getattr(r, "doc_id", None)) for r in requests
+        ]
+        try:
+            return super().loglikelihood(requests, disable_tqdm)
+        finally:
+            self._groups = None
+
     def _loglikelihood_tokens(
         self, requests: list[Request], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
@@ -111,14 +129,81 @@ class ElmLM(TemplateLM):
         Each batch's answers go to lm-eval's request cache as soon as the batch is scored, so an
         interrupted run resumes from the last finished batch.
         """
-        inputs: dict[tuple[int, ...], list[int]] = {}  # shared input -> request indices
         plans = []
-        for i, (_, context, continuation) in enumerate(requests):
+        for _, context, continuation in requests:
             if not continuation:
                 raise ValueError("lm-eval gave an empty continuation")
             whole = (context + continuation)[-(self.max_length + 1) :]
-            inp = tuple(whole[:-1])
-            plans.append((inp, continuation))
+            plans.append((tuple(whole[:-1]), list(continuation)))
+        if self.share_prefix:
+            groups = self._groups if self._groups is not None else [None] * len(requests)
+            # Without a document (rolling windows, direct calls) requests group by context.
+            keys = [
+                ("doc", g) if g is not None and g[1] is not None else ("context", tuple(r[1]))
+                for g, r in zip(groups, requests, strict=True)
+            ]
+            return self._score_packed(requests, plans, keys, disable_tqdm)
+        return self._score_whole(requests, plans, disable_tqdm)
+
+    def _answered(self, requests: list[Request], i: int, answer: tuple[float, bool]) -> None:
+        key = requests[i][0]
+        if key is not None:  # rolling windows carry no request key
+            self.cache_hook.add_partial("loglikelihood", key, answer)
+
+    def _score_packed(
+        self,
+        requests: list[Request],
+        plans: list[tuple[tuple[int, ...], list[int]]],
+        keys: list[Any],
+        disable_tqdm: bool,
+    ) -> list[tuple[float, bool]]:
+        """One packed row per group; rows sorted longest first, `batch_size` rows a forward."""
+        members: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            members.setdefault(key, []).append(i)
+        rows = []
+        for group in members.values():
+            row = packing.pack([plans[i][0] for i in group])
+            rows.append((row, group))
+        rows.sort(key=lambda rg: (-len(rg[0]), rg[0].tokens))
+        answers: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        with self._progress(len(requests), "loglikelihood requests", disable_tqdm) as bar:
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                tokens, positions, mask = packing.batch_arrays([row for row, _ in batch])
+                width = tokens.shape[1]
+                flat: list[int] = []  # flat (B * T) index of each scored token
+                targets: list[int] = []
+                spans: list[tuple[int, int, int]] = []  # request, first scored token, count
+                for b, (row, group) in enumerate(batch):
+                    for i in group:
+                        inp, continuation = plans[i]
+                        path = row.paths[inp][-len(continuation) :]
+                        spans.append((i, len(flat), len(path)))
+                        flat.extend(b * width + node for node in path)
+                        targets.extend(continuation[-len(path) :])
+                picked, greedy = self.model.score_packed(
+                    tokens, positions, mask, np.asarray(flat), np.asarray(targets)
+                )
+                self.forwards += 1
+                self.input_tokens += sum(len(inp) for row, _ in batch for inp in row.paths)
+                self.computed_tokens += sum(len(row) for row, _ in batch)
+                self.padded_tokens += tokens.size
+                for i, at, n in spans:
+                    answers[i] = (float(picked[at : at + n].sum()), bool(greedy[at : at + n].all()))
+                    self._answered(requests, i, answers[i])
+                bar.update(sum(len(group) for _, group in batch))
+        return answers
+
+    def _score_whole(
+        self,
+        requests: list[Request],
+        plans: list[tuple[tuple[int, ...], list[int]]],
+        disable_tqdm: bool,
+    ) -> list[tuple[float, bool]]:
+        """Each distinct input whole (identical inputs share it), sorted longest first."""
+        inputs: dict[tuple[int, ...], list[int]] = {}  # shared input -> request indices
+        for i, (inp, _) in enumerate(plans):
             inputs.setdefault(inp, []).append(i)
         # Longest first, so a batch that does not fit fails at once; rows of a batch are padded.
         unique = sorted(inputs, key=lambda t: (-len(t), t))
@@ -130,9 +215,7 @@ class ElmLM(TemplateLM):
                 for inp, rows in zip(batch, self._logprob_rows(batch, need), strict=True):
                     for i in inputs[inp]:
                         answers[i] = _answer(rows, plans[i][1])
-                        key = requests[i][0]
-                        if key is not None:  # rolling windows carry no request key
-                            self.cache_hook.add_partial("loglikelihood", key, answers[i])
+                        self._answered(requests, i, answers[i])
                     bar.update(len(inputs[inp]))
         return answers
 
@@ -149,6 +232,7 @@ class ElmLM(TemplateLM):
             tokens[r, : len(inp)] = inp
         self.forwards += 1
         self.input_tokens += sum(lengths)
+        self.computed_tokens += sum(lengths)
         self.padded_tokens += tokens.size
         return self.model.logprob_rows(tokens, lengths, last)
 
