@@ -100,12 +100,18 @@ def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) ->
         # Speed of the task: every request answered by the model, none from a cache.
         assert r["requests"] >= LIMIT * 2 and r["forwards"] >= 1
         assert r["requests_per_s"] == pytest.approx(r["requests"] / r["eval_s"])
-        assert r["padded_tokens"] >= r["input_tokens"] >= r["forwards"]
+        # Each document's shared prefix once: fewer tokens computed than the inputs hold whole.
+        assert r["share_prefix"] is True and r["batch_size"] == 4
+        assert r["input_tokens"] >= r["computed_tokens"] >= r["forwards"], label
+        assert r["padded_tokens"] >= r["computed_tokens"]
         assert r["input_tokens_per_s"] == pytest.approx(r["input_tokens"] / r["eval_s"])
         assert r["wall_s"] >= r["eval_s"] > 0
     # Records of one task share its speed; a choice per request (two per PIQA question).
     assert by["PIQA", "acc"]["requests"] == by["PIQA", "acc_norm"]["requests"] == 2 * LIMIT
     assert by["ARC-c", "acc"]["requests"] >= 3 * LIMIT
+    # 0-shot PIQA fits the tiny model's 256 tokens: each question's context is computed once.
+    # (5-shot MMLU is cut from the left, each choice's input at another token: nothing shared.)
+    assert by["PIQA", "acc"]["computed_tokens"] < by["PIQA", "acc"]["input_tokens"]
     # The JSON output: the summary of the suite with the same measured values, and the records.
     out = json.loads(result.stdout)
     assert out["run_dir"] == str(run) and len(out["records"]) == len(records)
@@ -251,6 +257,42 @@ def test_clear_errors(args: list[str], needles: list[str], tmp_path: Path, sp_mo
         base += ["--tasks", "PIQA"]  # in the samples: only the error under test can stop the run
     assert_one_line_error(invoke(*base, *args), *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_whole_requests_and_auto_batches_give_the_same_values(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """Packed rows (default), each request whole, and --batch-size auto: the same metrics."""
+    values, speed = {}, {}
+    for name, extra in {
+        "packed": [],
+        "whole": ["--no-share-prefix"],
+        "auto": ["--batch-size", "auto"],
+    }.items():
+        out = tmp_path / name
+        args = [*common(sp_model, out), "--tasks", "ARC-c,PIQA,WinoGrande", *extra]
+        result = invoke(*args, "--suite", "zero_shot", "--format", "json")
+        assert result.exit_code == 0, result.output
+        records = read_run(only_run(out))[1]
+        values[name] = {(r["label"], r["metric"]): r["value"] for r in records}
+        speed[name] = {r["label"]: r for r in records}
+    assert values["packed"] == values["whole"] == values["auto"]
+    for label, r in speed["whole"].items():
+        assert r["share_prefix"] is False and r["computed_tokens"] == r["input_tokens"]
+        assert speed["packed"][label]["input_tokens"] == r["input_tokens"]
+        assert speed["packed"][label]["computed_tokens"] < r["computed_tokens"]
+        auto = speed["auto"][label]
+        assert auto["batch_size"] == "auto" and auto["forwards"] == 1  # 3 documents: one batch
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2"])
+def test_batch_size_must_be_a_positive_number_or_auto(
+    value: str, tmp_path: Path, sp_model: Path
+) -> None:
+    result = invoke(*common(sp_model, tmp_path / "out")[:-4], "--batch-size", value)
+    assert (
+        result.exit_code == 2 and f"'{value}' is not a positive number or 'auto'" in result.output
+    )
 
 
 def test_offline_without_a_data_folder_is_a_clear_error(tmp_path: Path, sp_model: Path) -> None:

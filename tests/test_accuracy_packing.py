@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from elmbench.accuracy import packing
-from elmbench.accuracy.adapter import ElmLM
+from elmbench.accuracy import adapter, packing
+from elmbench.accuracy.adapter import ElmLM, rows_that_fit
 from elmbench.accuracy.tokenizer import SentencePieceTokenizer
 from elmbench.backends import Backend, ModelSpec, create_backend
 
@@ -230,3 +230,66 @@ def test_a_backend_without_packed_rows_scores_whole(sp_model: Path) -> None:
     assert not lm.share_prefix
     lm.loglikelihood(requests_of(SHARED_CONTEXT), disable_tqdm=True)
     assert lm.computed_tokens == lm.input_tokens
+
+
+# --batch-size auto -----------------------------------------------------------------------------
+
+
+def test_rows_that_fit_extrapolates_the_two_probes() -> None:
+    # 1 row: 100 + 10; 2 rows: 100 + 20 -> under 0.9 x 300 = 270 bytes fit 17 rows.
+    assert rows_that_fit(110, 120, 300) == 17
+    assert rows_that_fit(500, 600, 300) == 1  # not even one row fits: one at a time
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["packed", "whole"])
+def test_auto_batches_on_a_cpu_hold_the_token_budget(
+    sp_model: Path, share: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter, "CPU_BATCH_TOKENS", 100)
+    reqs = requests_of([doc for docs in SHAPES.values() for doc in docs])
+    want, _ = score("torch", sp_model, reqs, share=share, batch_size=1)
+    lm = ElmLM(backend("torch"), SentencePieceTokenizer(sp_model), "auto", share_prefix=share)
+    spans: list[tuple[int, int, int]] = []  # rows, widest row, rows left after the batch
+    real = lm._batches
+
+    def spy(sizes: list[int], probe: Any) -> list[tuple[int, int]]:
+        got = real(sizes, probe)
+        spans.extend((b - a, sizes[a], len(sizes) - b) for a, b in got)
+        return got
+
+    monkeypatch.setattr(lm, "_batches", spy)
+    assert_same(lm.loglikelihood(reqs, disable_tqdm=True), want, TOLERANCE["float32"])
+    for rows, widest, left in spans:  # as many rows as the budget holds; a wider row alone
+        assert rows * widest <= 100 or rows == 1
+        assert left == 0 or (rows + 1) * widest > 100
+    assert any(rows > 1 for rows, _, _ in spans) and lm.forwards == len(spans)
+
+
+def test_auto_batches_on_a_gpu_fill_its_memory(sp_model: Path) -> None:
+    """No GPU here: a backend whose memory is a fake that grows by 1,000 bytes a row."""
+    plain = backend("torch")
+    probed: list[int] = []
+
+    class FakeGpu(type(plain)):  # type: ignore[misc]
+        def memory_limit_bytes(self) -> int:
+            return 10_000
+
+        def reset_peak_memory(self) -> None:
+            pass
+
+        def peak_memory_bytes(self) -> tuple[int, str]:
+            return 1_000 + 1_000 * probed[-1], "fake"
+
+        def score_packed(self, tokens: np.ndarray, *args: Any) -> Any:
+            probed.append(tokens.shape[0])
+            return super().score_packed(tokens, *args)
+
+    gpu = FakeGpu.__new__(FakeGpu)
+    gpu.__dict__.update(plain.__dict__)
+    lm = ElmLM(gpu, SentencePieceTokenizer(sp_model), "auto")
+    reqs = requests_of([doc for docs in SHAPES.values() for doc in docs])
+    want, _ = score("torch", sp_model, reqs, share=True, batch_size=1)
+    assert_same(lm.loglikelihood(reqs, disable_tqdm=True), want, TOLERANCE["float32"])
+    # Probes of 1 and 2 rows, then (0.9 x 10,000 - 0) / 1,000 = 9 rows at the widest row's
+    # width: the 6 documents (narrower rows) in one forward.
+    assert probed[:2] == [1, 2] and probed[2:] == [6] and lm.forwards == 1

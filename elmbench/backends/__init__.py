@@ -74,6 +74,10 @@ class Backend(ABC):
 
     packs_rows = False  # whether `score_packed` is implemented (OpenELM on torch and MLX)
 
+    def memory_limit_bytes(self) -> int | None:
+        """Device memory a batch may fill (GPUs); None on CPUs, where memory is not the limit."""
+        return None
+
     def score_packed(
         self,
         tokens: np.ndarray,

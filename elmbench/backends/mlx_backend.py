@@ -114,6 +114,13 @@ class MlxBackend(Backend):
 
     packs_rows = True
 
+    def memory_limit_bytes(self) -> int | None:
+        """Metal's recommended working set on Apple silicon; None on the CPU."""
+        if self.mx.default_device() != self.mx.gpu:
+            return None
+        info = self.mx.device_info()
+        return int(info.get("max_recommended_working_set_size") or self.mx.get_memory_limit())
+
     def score_packed(
         self,
         tokens: np.ndarray,

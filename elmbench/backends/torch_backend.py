@@ -176,6 +176,14 @@ class TorchBackend(Backend):
             for b, (n, k) in enumerate(zip(lengths, last, strict=True))
         ]
 
+    def memory_limit_bytes(self) -> int | None:
+        """CUDA: the GPU's memory; MPS: Metal's recommended working set; CPU: None."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[1])
+        if self.device.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        return None
+
     @property
     def packs_rows(self) -> bool:  # type: ignore[override]
         """OpenELM scores packed rows; comparison models run as transformers builds them."""

@@ -30,7 +30,7 @@ CACHE_DIR = "lm_eval_cache"  # lm-eval's request cache inside the run folder, fo
 # Options a resumed run takes from its run.json when they are not given again.
 RESUMABLE = (
     "model", "weights", "suite", "tasks", "limit", "batch_size", "device", "backend", "dtype",
-    "norm", "tokenizer", "data_dir", "allow_random", "seed",
+    "norm", "tokenizer", "data_dir", "allow_random", "seed", "share_prefix",
 )  # fmt: skip
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -41,7 +41,8 @@ class EvalSpeed:
 
     requests: int = 0
     forwards: int = 0
-    input_tokens: int = 0  # tokens scored in those passes, without padding
+    input_tokens: int = 0  # tokens of the distinct inputs scored, each counted whole
+    computed_tokens: int = 0  # tokens run through the model: shared prefixes once, no padding
     padded_tokens: int = 0  # with padding: what the batches computed
     seconds: float = 0.0
 
@@ -56,7 +57,12 @@ class EvalSpeed:
         return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
-COUNTED = ("forwards", "input_tokens", "padded_tokens")  # the adapter's counters EvalSpeed sums
+COUNTED = (
+    "forwards",
+    "input_tokens",
+    "computed_tokens",
+    "padded_tokens",
+)  # the adapter's counters EvalSpeed sums
 
 
 def measured_adapter(speed: EvalSpeed) -> type:
@@ -92,6 +98,24 @@ def measured_adapter(speed: EvalSpeed) -> type:
 
 
 # Checks of user input, all before a run folder is made -----------------------------------------
+
+
+class BatchSize(click.ParamType):
+    """A positive number of rows, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """'auto' as is; a number as an int of at least 1; anything else a usage error."""
+        if isinstance(value, int) or str(value).strip().lower() != "auto":
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                number = 0
+            if number < 1:
+                self.fail(f"'{value}' is not a positive number or 'auto'", param, ctx)
+            return number
+        return "auto"
 
 
 def load_accuracy_suite(name: str) -> AccuracySuite:
@@ -167,11 +191,18 @@ SPEED_COLUMNS = [
     Column.key("docs", "samples", numeric=True),
     Column.key("requests", "requests", numeric=True),
     Column.key("forwards", "forwards", numeric=True),
+    Column("computed", lambda r: _share(r), numeric=True),
     Column("eval s", lambda r: _num(r.get("eval_s"), 2), numeric=True),
     Column("requests/s", lambda r: _num(r.get("requests_per_s"), 2), numeric=True),
     Column("tokens/s", lambda r: _num(r.get("input_tokens_per_s"), 0), numeric=True),
     Column("wall s", lambda r: _num(r.get("wall_s"), 1), numeric=True),
 ]
+
+
+def _share(record: Record) -> str:
+    """Tokens computed as a share of the inputs' tokens (below 100% where prefixes were shared)."""
+    done, whole = record.get("computed_tokens"), record.get("input_tokens")
+    return f"{100 * done / whole:.0f}%" if isinstance(done, int) and whole else "-"
 
 
 def _num(value: Any, digits: int) -> str:
@@ -217,6 +248,8 @@ def _report(records: list[Record], suite: AccuracySuite, fmt: str, run_dir: Path
         "requests: lm-eval requests the model answered in this process (cached ones excluded); "
         "requests/s over the time spent in the model adapter; wall s also includes loading the "
         "model and the task",
+        "computed: tokens run through the model against the tokens of the inputs scored whole "
+        "(each document's shared prefix is computed once; --no-share-prefix: 100%)",
         f"records: {run_dir}",
     ]
     emit(speed, SPEED_COLUMNS, fmt, title="Evaluation speed", notes=legend)
@@ -242,10 +275,17 @@ def _report(records: list[Record], suite: AccuracySuite, fmt: str, run_dir: Path
 @click.option("--limit", type=click.IntRange(min=1), help="Documents per task, for quick runs.")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
+    type=BatchSize(),
+    default="1",
     show_default=True,
-    help="Scored inputs per forward pass (the paper used 1; results are the same).",
+    help="Rows per forward pass (the paper used 1; results are the same), or 'auto': on a GPU "
+    "the largest batch that fits, on a CPU a measured token budget per forward.",
+)
+@click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Score a document's choices in one row, their shared prefix once; off: each whole.",
 )
 @click.option(
     "--device",
@@ -356,6 +396,7 @@ def accuracy(ctx: click.Context, **opts: Any) -> None:
         data_dir=data,
         limit=opts["limit"],
         batch_size=opts["batch_size"],
+        share_prefix=opts["share_prefix"],
         allow_random=opts["allow_random"],
         weights_name=opts["weights"],
     )
@@ -497,9 +538,11 @@ def _case(
     fields.update(
         limit=plan.limit,
         batch_size=plan.batch_size,
+        share_prefix=plan.share_prefix,
         requests=speed.requests,
         forwards=speed.forwards,
         input_tokens=speed.input_tokens,
+        computed_tokens=speed.computed_tokens,
         padded_tokens=speed.padded_tokens,
         eval_s=speed.seconds,
         requests_per_s=speed.requests_per_s,
