@@ -7,6 +7,9 @@ to each choice, then the choices' tokens as a cached step. Shapes are uniform st
 ARC-Challenge or HellaSwag (context, choice lengths) so the three do the same useful work.
 
     python reports/accuracy-speed/bench_packing.py [--docs 16] [--context 30] [--choice 6]
+
+`--sweep` instead times packed forwards of 128 to 4,096 tokens (rows of --context tokens), which
+is what `--batch-size auto` on a CPU is chosen from (`CPU_BATCH_TOKENS`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=30, help="context tokens")
     parser.add_argument("--choice", type=int, default=6, help="tokens per choice")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--sweep", action="store_true", help="tokens per forward instead")
     args = parser.parse_args()
     backend = create_backend("torch", ModelSpec(model="270m", seed=0))
     model: OpenELM = backend.model  # type: ignore[assignment]
     rng = np.random.default_rng(0)
+    if args.sweep:
+        sweep(model, rng, args.context, args.reps)
+        return
     d, c, p, n = args.docs, args.choices, args.context, args.choice
     contexts = rng.integers(3, 32000, (d, p))
     choices = rng.integers(3, 32000, (d, c, n))
@@ -88,6 +95,30 @@ def main() -> None:
         print(
             f"{name:10s} median {statistics.median(values):.3f} s (min {min(values):.3f}, "
             f"max {max(values):.3f}); tokens computed {tokens_computed[name]:,}"
+        )
+
+
+def sweep(model: OpenELM, rng: np.random.Generator, width: int, reps: int) -> None:
+    """Tokens per second of packed forwards holding 128 to 4,096 tokens, interleaved."""
+    cases = {}
+    for total in (128, 256, 512, 1024, 2048, 4096):
+        rows = [packing.pack([tuple(rng.integers(3, 32000, width).tolist())])] * (total // width)
+        tokens, positions, mask = (torch.as_tensor(a) for a in packing.batch_arrays(rows))
+        scored = torch.arange(0, tokens.numel(), 4)  # a quarter of the positions scored
+        cases[tokens.numel()] = (tokens, positions, mask, scored)
+    rates: dict[int, list[float]] = {n: [] for n in cases}
+    with torch.inference_mode():
+        for case in cases.values():
+            model.packed_logits(*case)  # warm-up
+        for _ in range(reps):
+            for n, case in cases.items():
+                start = time.perf_counter()
+                model.packed_logits(*case)
+                rates[n].append(n / (time.perf_counter() - start))
+    for n, values in rates.items():
+        print(
+            f"{n:5d} tokens a forward: median {statistics.median(values):6.1f} tokens/s "
+            f"({', '.join(f'{v:.0f}' for v in values)})"
         )
 
 

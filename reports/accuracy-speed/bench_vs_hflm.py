@@ -280,6 +280,10 @@ def run(args: argparse.Namespace) -> None:
             t0 = time.time()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             figures = json.loads(result.read_text())
+            figures.update(
+                load_before=load, load_after=os.getloadavg()[0], process_s=time.time() - t0
+            )
+            result.write_text(json.dumps(figures) + "\n")
             print(
                 f"{task:14s} {side:15s} rep {rep}: {figures['requests_per_s']:.2f} requests/s "
                 f"({figures['requests']} in {figures['eval_s']:.1f} s; process "
@@ -289,6 +293,7 @@ def run(args: argparse.Namespace) -> None:
     summary = summarize(args)
     summary["wall_s"] = time.time() - started
     summary["check_max_logit_gap"] = gap
+    summary["environment"] = environment(started)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "summary.md").write_text(markdown(summary) + "\n")
     print(markdown(summary))
@@ -367,6 +372,32 @@ def markdown(summary: dict[str, Any]) -> str:
         f"**{summary['overall_ratio']:.2f}x** | | | | |"
     )
     return "\n".join(lines)
+
+
+def environment(started: float) -> dict[str, Any]:
+    """Versions, the commit, the machine and when: beside the figures, as elmbench's run.json."""
+    import platform
+
+    import lm_eval
+    import torch
+    import transformers
+
+    def git(*cmd: str) -> str:
+        where = Path(__file__).parent
+        out = subprocess.run(["git", *cmd], cwd=where, capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "git_sha": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "started_utc": time.strftime(stamp, time.gmtime(started)),
+        "finished_utc": time.strftime(stamp, time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lm_eval": lm_eval.__version__,
+    }
 
 
 def make_checkpoint(folder: Path) -> None:
