@@ -182,7 +182,10 @@ class ElmLM(TemplateLM):
         rows.sort(key=lambda rg: (-len(rg[0]), rg[0].tokens))
         answers: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         with self._progress(len(requests), "loglikelihood requests", disable_tqdm) as bar:
-            probe = lambda n: self._run_packed([rows[0]] * n, plans, count=False)  # noqa: E731
+
+            def probe(n: int) -> object:  # n copies of the widest row, for --batch-size auto
+                return self._run_packed([rows[0]] * n, plans, count=False)
+
             for start, end in self._batches([len(row) for row, _ in rows], probe):
                 for i, answer in self._run_packed(rows[start:end], plans):
                     answers[i] = answer
@@ -237,7 +240,10 @@ class ElmLM(TemplateLM):
         need = {inp: max(len(plans[i][1]) for i in inputs[inp]) for inp in unique}
         answers: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         with self._progress(len(requests), "loglikelihood requests", disable_tqdm) as bar:
-            probe = lambda n: self._logprob_rows([unique[0]] * n, [need[unique[0]]] * n, False)  # noqa: E731
+
+            def probe(n: int) -> object:  # n copies of the widest input, for --batch-size auto
+                return self._logprob_rows([unique[0]] * n, [need[unique[0]]] * n, count=False)
+
             for start, end in self._batches([len(inp) for inp in unique], probe):
                 batch = unique[start:end]
                 for inp, rows in zip(

@@ -57,12 +57,8 @@ class EvalSpeed:
         return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
-COUNTED = (
-    "forwards",
-    "input_tokens",
-    "computed_tokens",
-    "padded_tokens",
-)  # the adapter's counters EvalSpeed sums
+# The adapter's counters EvalSpeed sums.
+COUNTED = ("forwards", "input_tokens", "computed_tokens", "padded_tokens")
 
 
 def measured_adapter(speed: EvalSpeed) -> type:

@@ -263,6 +263,11 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"the two models disagree (largest logit difference {gap:.2e}): not timed")
     args.out.mkdir(parents=True, exist_ok=True)
     order = [args.sides[0], args.sides[1], args.sides[1], args.sides[0]] * (args.rounds // 2)
+    env = dict(os.environ)
+    if args.backend == "mlx":  # MLX's CPU products on OpenBLAS, as `elmbench accuracy` runs them
+        from elmbench.backends import mlx_blas
+
+        env.update(mlx_blas.plan().env())
     started = time.time()
     for task in args.tasks:
         for rep, side in enumerate(order):
@@ -278,7 +283,9 @@ def run(args: argparse.Namespace) -> None:
             ]  # fmt: skip
             load = os.getloadavg()[0]
             t0 = time.time()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             figures = json.loads(result.read_text())
             figures.update(
                 load_before=load, load_after=os.getloadavg()[0], process_s=time.time() - t0
