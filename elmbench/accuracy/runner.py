@@ -33,7 +33,8 @@ class AccuracyPlan:
     data_dir: Path | None = None
     tasks: tuple[str, ...] = ()  # labels or lm-eval names; empty: the whole suite
     limit: int | None = None
-    batch_size: int | str = 1  # or "auto"
+    batch_size: int | str = 1  # rows per forward, or "auto" (ElmLM._batches)
+    share_prefix: bool = True  # each document's choices in one packed row (ElmLM)
     allow_random: bool = False
     cache_dir: Path | None = None  # lm-eval request cache: an interrupted run continues
     weights_name: str | None = None  # --weights as given (a path or an HF id), for the paper model
@@ -127,7 +128,9 @@ def _run_norm(
 
     spec = replace(plan.spec, norm=norm)
     backend = create_backend(plan.backend, spec)
-    lm = (lm_class or ElmLM)(backend, tokenizer, batch_size=plan.batch_size)
+    lm = (lm_class or ElmLM)(
+        backend, tokenizer, batch_size=plan.batch_size, share_prefix=plan.share_prefix
+    )
     paper = paper_model(
         backend.config, spec.model, checkpoint_names(plan.weights_name, spec.weights)
     )

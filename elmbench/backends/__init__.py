@@ -96,6 +96,27 @@ class Backend(ABC):
         """One full forward over right-padded tokens (B, T); for row b, the fp32 log-softmax
         (last[b], V) at its final `last[b]` real positions (those before lengths[b])."""
 
+    packs_rows = False  # whether `score_packed` is implemented (OpenELM on torch and MLX)
+
+    def memory_limit_bytes(self) -> int | None:
+        """Device memory a batch may fill (GPUs); None on CPUs, where memory is not the limit."""
+        return None
+
+    def score_packed(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        rows: np.ndarray,
+        targets: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One forward over packed rows: tokens and their positions (B, T), tree masks (B, T, T).
+
+        For each pair i: the fp32 log-prob of targets[i] after flat position rows[i] (an index
+        into B * T), and whether it is the argmax there. See `elmbench.accuracy.packing`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not score packed rows")
+
     def score(self, tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Log-prob of each target (B, T) after its prefix, and whether it is the argmax."""
         b, t = tokens.shape

@@ -48,7 +48,7 @@ DEFAULT_SUITE = "zero_shot"
 SETTINGS = (
     "models", "weights", "tokenizer", "suite", "tasks", "limit", "eval_batch_size", "device",
     "backend", "kernels", "norms", "dtypes", "data_dir", "allow_random", "seed", "quantize",
-    "group_size",
+    "group_size", "share_prefix",
 )  # fmt: skip
 OPTION_OF = {"models": "model", "norms": "norm", "dtypes": "dtype"}
 
@@ -59,7 +59,8 @@ class EvalSpeed:
 
     requests: int = 0
     forwards: int = 0
-    input_tokens: int = 0  # tokens scored in those passes, without padding
+    input_tokens: int = 0  # tokens of the distinct inputs scored, each counted whole
+    computed_tokens: int = 0  # tokens run through the model: shared prefixes once, no padding
     padded_tokens: int = 0  # with padding: what the batches computed
     seconds: float = 0.0
 
@@ -74,7 +75,8 @@ class EvalSpeed:
         return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
-COUNTED = ("forwards", "input_tokens", "padded_tokens")  # the adapter's counters EvalSpeed sums
+# The adapter's counters EvalSpeed sums.
+COUNTED = ("forwards", "input_tokens", "computed_tokens", "padded_tokens")
 
 
 def measured_adapter(speed: EvalSpeed) -> type:
@@ -121,8 +123,15 @@ SPEED_COLUMNS = [
     Column("eval s", lambda r: _num(r.get("eval_s"), 2), numeric=True),
     Column("requests/s", lambda r: _num(r.get("requests_per_s"), 2), numeric=True),
     Column("tokens/s", lambda r: _num(r.get("input_tokens_per_s"), 0), numeric=True),
+    Column("computed", lambda r: _share(r), numeric=True),
     Column("wall s", lambda r: _num(r.get("wall_s"), 1), numeric=True),
 ]
+
+
+def _share(record: Record) -> str:
+    """Tokens computed as a share of the inputs' tokens (below 100% where prefixes were shared)."""
+    done, whole = record.get("computed_tokens"), record.get("input_tokens")
+    return f"{100 * done / whole:.0f}%" if isinstance(done, int) and whole else "-"
 
 
 def _num(value: Any, digits: int) -> str:
@@ -171,6 +180,8 @@ def _report(records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_d
         "requests: lm-eval requests the model answered in this process (cached ones excluded); "
         "requests/s over the time spent in the model adapter; wall s also includes loading the "
         "model and the task",
+        "computed: tokens run through the model against the tokens of the inputs scored whole "
+        "(each document's shared prefix is computed once; --no-share-prefix: 100%)",
         f"records: {run_dir}",
     ]
     emit(speed, SPEED_COLUMNS, fmt, title="Evaluation speed", notes=legend)
@@ -218,6 +229,7 @@ def settings(opts: dict[str, Any]) -> dict[str, Any]:
         "seed": 0 if opts.get("seed") is None else opts["seed"],
         "quantize": opts.get("quantize"),
         "group_size": opts.get("group_size") or 64,
+        "share_prefix": opts.get("share_prefix", True) is not False,
     }
 
 
@@ -282,13 +294,20 @@ def combinations(run: dict[str, Any], weights: str | None) -> Iterator[Combinati
     "--eval-batch-size",
     "eval_batch_size",
     metavar="N|auto",
-    help="Inputs scored per forward pass (1; the results do not depend on it).",
+    help="Rows per forward pass (1; the results do not depend on it), or auto: on a GPU the "
+    "largest batch that fits, on a CPU a token budget per forward.",
 )
 @run_options("device", "backend", "kernels", "norm", "dtype")
 @click.option(
     "--data-dir",
     metavar="DIR",
     help="Task data folder (docs/accuracy.md; default: $ELMBENCH_DATA, else the Hub).",
+)
+@click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Score a document's choices in one row, their shared prefix once; off: each whole.",
 )
 @click.option("--allow-random", is_flag=True, help="Random weights: tests the pipeline only.")
 @run_options(*SESSION_OPTIONS, *OUTPUT)
@@ -401,6 +420,7 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
             tasks=(task.task,),
             limit=run["limit"],
             batch_size=run["eval_batch_size"],
+            share_prefix=run["share_prefix"],
             allow_random=run["allow_random"],
             cache_dir=run_dir / CACHE_DIR,
             weights_name=weights_name,
@@ -483,11 +503,13 @@ def _case(record: Record, speed: EvalSpeed, wall: float, plan: AccuracyPlan) -> 
     fields = {k: v for k, v in record.items() if k != "status"}
     fields.update(
         limit=plan.limit,
-        batch_size=plan.batch_size if isinstance(plan.batch_size, int) else 0,
+        batch_size=plan.batch_size,
         requests=speed.requests,
         forwards=speed.forwards,
         input_tokens=speed.input_tokens,
+        computed_tokens=speed.computed_tokens,
         padded_tokens=speed.padded_tokens,
+        share_prefix=plan.share_prefix,
         eval_s=speed.seconds,
         requests_per_s=speed.requests_per_s,
         input_tokens_per_s=speed.tokens_per_s,
