@@ -16,7 +16,7 @@ from lm_eval.api.model import TemplateLM
 
 from elmbench.accuracy.tokenizer import Tokenizer
 from elmbench.backends import Backend
-from elmbench.errors import ElmbenchError
+from elmbench.errors import ElmbenchError, NonFiniteError
 
 Request = tuple[Any, list[int], list[int]]
 
@@ -128,6 +128,7 @@ class ElmLM(TemplateLM):
                 batch = unique[start : start + self.batch_size]
                 need = [max(len(plans[i][1]) for i in inputs[inp]) for inp in batch]
                 for inp, rows in zip(batch, self._logprob_rows(batch, need), strict=True):
+                    _check_finite(rows, len(inp))
                     for i in inputs[inp]:
                         answers[i] = _answer(rows, plans[i][1])
                         key = requests[i][0]
@@ -230,3 +231,14 @@ def _answer(rows: np.ndarray, continuation: Sequence[int]) -> tuple[float, bool]
     targets = np.asarray(continuation)
     picked = logp[np.arange(len(targets)), targets]
     return float(picked.sum()), bool((logp.argmax(-1) == targets).all())
+
+
+def _check_finite(rows: np.ndarray, length: int) -> None:
+    """Refuse log-probs that are NaN or infinite: an accuracy over them would be meaningless."""
+    bad = ~np.isfinite(rows).all(axis=-1)  # (positions,)
+    if bad.any():
+        raise NonFiniteError(
+            f"non-finite log-likelihoods (NaN or infinity) at {int(bad.sum())} of {len(rows)} "
+            f"scored positions of a {length}-token input: the model computes no numbers here "
+            "(weights with NaN, or a dtype overflowing)"
+        )
