@@ -636,3 +636,15 @@ def test_the_table_covers_every_class_and_command() -> None:
         "checkpoint", "mislabel", "output", "resume", "value", "name", "device", "suite",
         "accuracy-input", "info",
     }  # fmt: skip
+
+
+def test_weights_alone_make_the_checkpoint_its_model(write_checkpoint: Any) -> None:
+    from elmbench.suites import SuiteSpec
+    from elmbench.throughput.weights import checked_weights
+
+    folder = write_checkpoint(get_config("tiny"))
+    spec = SuiteSpec(name="t", models=("270m",), weights=str(folder))  # 270m: the default's
+    assert checked_weights(spec, models_given=False).models == ("tiny",)
+    assert checked_weights(spec.with_overrides(models=("tiny",)), models_given=True) == (
+        spec.with_overrides(models=("tiny",))
+    )
