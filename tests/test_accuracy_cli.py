@@ -634,3 +634,18 @@ def test_norm_variants_that_differ_beyond_the_standard_error_disagree(
         "norm variants fused, naive DISAGREE: largest gap 3.00 points (beyond the tasks' "
         "standard errors)"
     ) in capsys.readouterr().out
+
+
+def test_every_model_dtype_and_norm_combination_is_evaluated_with_its_own_cache(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """Lists take the same form as in throughput; each combination is answered by its own model,
+    not from another combination's request cache (lm-eval keys answers by request text)."""
+    args = [*common(sp_model, tmp_path), "--tasks", "PIQA", "--dtype", "fp32,bf16",
+            "--norm", "naive", "--norm", "fused", "--format", "json"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    records = records_of(only_run(tmp_path))
+    combos = {(r["dtype"], r["norm"]) for r in records}
+    assert combos == {(d, n) for d in ("float32", "bfloat16") for n in ("naive", "fused")}
+    assert all(r["requests"] == 2 * LIMIT for r in records)  # none came from a cache

@@ -15,7 +15,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
 from elmbench.accuracy.tokenizer import Tokenizer
-from elmbench.backends import Backend
+from elmbench.backends import Backend, decode_steps
 from elmbench.errors import ElmbenchError, NonFiniteError
 
 Request = tuple[Any, list[int], list[int]]
@@ -210,19 +210,22 @@ class ElmLM(TemplateLM):
         prompt = np.asarray([ids], dtype=np.int64)
         self.model.setup(1, len(ids) + limit)
         generated: list[int] = []
-        tok = self.model.prefill(prompt)
-        for step in range(limit):
+
+        def stop(tok: Any) -> bool:
+            """Keep the token unless it is EOS; stop at EOS or once a stop sequence appears."""
             token = int(self.model.to_numpy(tok)[0, 0])
             if token == self.eot_token_id:
-                break
+                return True
             generated.append(token)
             text = self.tok_decode(generated)
-            cut = min((text.find(s) for s in until if s and s in text), default=-1)
-            if cut >= 0:
-                return text[:cut]
-            if step + 1 < limit:
-                tok = self.model.decode(tok, len(ids) + step)
-        return self.tok_decode(generated)
+            return any(s and s in text for s in until)
+
+        first = self.model.prefill(prompt)
+        if not stop(first):
+            decode_steps(self.model.decode, first, len(ids), limit - 1, stop)
+        text = self.tok_decode(generated)
+        cut = min((text.find(s) for s in until if s and s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
 
 
 def _answer(rows: np.ndarray, continuation: Sequence[int]) -> tuple[float, bool]:

@@ -56,6 +56,14 @@ def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
     return {"weights": str(path), "weights_sha256": digest.hexdigest(), "random_weights": False}
 
 
+def cache_name(plan: AccuracyPlan, norm: str, shots: int) -> str:
+    """The request cache of one model, dtype, kernels, norm and shot count (lm-eval keys its
+    answers by request text alone, so each combination needs its own)."""
+    spec = plan.spec
+    model = (plan.model_label or spec.model or "model").replace("/", "_")
+    return f"lm_eval_cache_{model}_{spec.dtype}_{spec.kernels}_{norm}_{shots}shot"
+
+
 def init_data_parallel() -> int:
     """Join the process group `accelerate launch` (or torchrun) set up; returns the world size."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -158,7 +166,7 @@ def _run_norm(
             cache = (
                 None
                 if plan.cache_dir is None
-                else str(plan.cache_dir / f"lm_eval_cache_{norm}_{shots}shot")
+                else str(plan.cache_dir / cache_name(plan, norm, shots))
             )
             result = lm_eval.simple_evaluate(
                 model=lm,

@@ -6,6 +6,7 @@ Backends are resolved lazily by name; `available()` explains what is missing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,28 @@ import numpy as np
 from elmbench.errors import UnavailableError, UnknownNameError
 from elmbench.norms import Availability
 from elmbench.registry import resolve
+
+
+def decode_steps(
+    decode: Callable[[Any, int], Any],
+    token: Any,
+    position: int,
+    steps: int,
+    stop: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """The cached decode loop that throughput, profile and accuracy share.
+
+    `steps` greedy steps from `token` (B, 1) at `position`, each `decode(token, position)` giving
+    the next; returns the new token handles. `stop(token)`, when given, may end it early; without
+    it the loop never waits for the device, so frameworks can queue the steps.
+    """
+    out = []
+    for i in range(steps):
+        token = decode(token, position + i)
+        out.append(token)
+        if stop is not None and stop(token):
+            break
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,10 +124,7 @@ class Backend(ABC):
         b, t = prompt.shape
         self.setup(b, t + new_tokens)
         tok = self.prefill(prompt)
-        out = [tok]
-        for i in range(new_tokens - 1):
-            tok = self.decode(tok, t + i)
-            out.append(tok)
+        out = [tok, *decode_steps(self.decode, tok, t, new_tokens - 1)]
         return np.concatenate([self.to_numpy(x) for x in out], axis=1)
 
 

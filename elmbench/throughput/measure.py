@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from elmbench.backends import Backend, ModelSpec, create_backend
+from elmbench.backends import Backend, ModelSpec, create_backend, decode_steps
 from elmbench.backends.isolate import Job, report_progress
 from elmbench.measure import cpuwait
 from elmbench.measure.finite import check_finite_logits
@@ -99,10 +99,8 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
         tokens[:] = [tok]
         before = cpuwait.snapshot()
         with timer.section("decode"):
-            for i in range(new - 1):
-                tok = backend.decode(tok, prompt_len + i)
-                tokens.append(tok)
-            backend.synchronize(tok)
+            tokens.extend(decode_steps(backend.decode, tok, prompt_len, new - 1))
+            backend.synchronize(tokens[-1])
         waits.append(cpuwait.waited_s(before))
 
     probes: list[dict[str, Any]] = []
