@@ -7,6 +7,7 @@ ones written by the `write_checkpoint` fixture and then broken in one way each.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -225,7 +226,8 @@ ACC = f"--tokenizer {{tok}} --data-dir {DATA} --tasks PIQA --limit 2"
 ACC_RANDOM = f"-m tiny --allow-random {ACC}"
 BASE = {T: QUICK, P: QUICK, A: ACC_RANDOM}
 linux_only = (pytest.mark.skipif(not LINUX, reason="/proc and /sys are Linux's"),)
-mlx_only = (pytest.mark.skipif(not LINUX, reason="MLX on the CPU: the Linux wheel"),)
+MLX_CPU = LINUX and importlib.util.find_spec("mlx") is not None  # mlx[cpu], no Apple GPU
+mlx_only = (pytest.mark.skipif(not MLX_CPU, reason="MLX on the CPU only: the Linux wheel"),)
 
 CHECKPOINT_ERRORS = {
     "missing": "no-such-checkpoint",
