@@ -4,6 +4,7 @@ passed computes them anyway (float16 overflowing), failing the case or task with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from elmbench.backends.isolate import Job, execute
+from elmbench.backends.isolate import Job, run_isolated
 from elmbench.checkpoints.verify import check_checkpoint
 from elmbench.cli import cli
 from elmbench.config import get_config
@@ -97,21 +98,22 @@ def _job(task: str, weights: Path, **params: Any) -> Job:
                                      "seed": 0, **params}, "case")  # fmt: skip
 
 
-def test_non_finite_logits_fail_a_throughput_case(overflowing: Path) -> None:
-    job = _job("elmbench.throughput.measure:throughput", overflowing, warmup=0, repetitions=1,
-               min_seconds=0.0)  # fmt: skip
-    (record,) = execute(job)
-    assert record["status"] == "failed"
-    assert record["reason"].startswith("non-finite logits (NaN or infinity) at ")
-    assert "float16 overflowing" in record["reason"]
-
-
-def test_non_finite_logits_fail_a_profile_case(overflowing: Path) -> None:
+def test_non_finite_logits_fail_a_throughput_and_a_profile_case(overflowing: Path) -> None:
+    """Both cases in one worker process, as a run sends them (and not in this process, whose
+    peak-memory counters the measurement would restart)."""
+    throughput = _job("elmbench.throughput.measure:throughput", overflowing, warmup=0,
+                      repetitions=1, min_seconds=0.0)  # fmt: skip
     params = {"phases": ["decode"], "trace_dir": None, "label": "t", "schedule": [0, 1, 1],
               "top": 3, "metal_capture": None}  # fmt: skip
-    job = _job("elmbench.profile.run:profile_case", overflowing, **params)
-    (record,) = execute(job)
-    assert record["status"] == "failed" and "non-finite logits" in record["reason"]
+    profile = _job("elmbench.profile.run:profile_case", overflowing, **params)
+    records = run_isolated([throughput, replace(profile, case_id="profile")])
+    assert [(r["case_id"], r["status"]) for r in records] == [
+        ("case", "failed"), ("profile", "failed"),
+    ]  # fmt: skip
+    reason = records[0]["reason"]
+    assert reason.startswith("non-finite logits (NaN or infinity) at ")
+    assert "float16 overflowing" in reason
+    assert records[1]["reason"].startswith("non-finite logits (NaN or infinity) at ")
 
 
 def test_non_finite_log_likelihoods_fail_the_task_and_the_run_goes_on(
