@@ -19,7 +19,7 @@ from lm_eval.api.model import TemplateLM
 from elmbench.accuracy import packing
 from elmbench.accuracy.tokenizer import Tokenizer
 from elmbench.backends import Backend, decode_steps
-from elmbench.errors import ElmbenchError
+from elmbench.errors import ElmbenchError, NonFiniteError
 
 Request = tuple[Any, list[int], list[int]]
 AUTO = "auto"  # --batch-size auto: see ElmLM._batches
@@ -215,6 +215,7 @@ class ElmLM(TemplateLM):
         picked, greedy = self.model.score_packed(
             tokens, positions, mask, np.asarray(flat), np.asarray(targets)
         )
+        _check_finite(picked[:, None], width)
         if count:
             self.forwards += 1
             self.input_tokens += sum(len(inp) for row, _ in batch for inp in row.paths)
@@ -249,6 +250,7 @@ class ElmLM(TemplateLM):
                 for inp, rows in zip(
                     batch, self._logprob_rows(batch, [need[x] for x in batch]), strict=True
                 ):
+                    _check_finite(rows, len(inp))
                     for i in inputs[inp]:
                         answers[i] = _answer(rows, plans[i][1])
                         self._answered(requests, i, answers[i])
@@ -389,3 +391,14 @@ def _answer(rows: np.ndarray, continuation: Sequence[int]) -> tuple[float, bool]
     targets = np.asarray(continuation)
     picked = logp[np.arange(len(targets)), targets]
     return float(picked.sum()), bool((logp.argmax(-1) == targets).all())
+
+
+def _check_finite(rows: np.ndarray, length: int) -> None:
+    """Refuse log-probs that are NaN or infinite: an accuracy over them would be meaningless."""
+    bad = ~np.isfinite(rows).all(axis=-1)  # (positions,)
+    if bad.any():
+        raise NonFiniteError(
+            f"non-finite log-likelihoods (NaN or infinity) at {int(bad.sum())} of {len(rows)} "
+            f"scored positions of a {length}-token input: the model computes no numbers here "
+            "(weights with NaN, or a dtype overflowing)"
+        )

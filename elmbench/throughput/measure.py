@@ -25,6 +25,7 @@ import numpy as np
 from elmbench.backends import Backend, ModelSpec, create_backend, decode_steps
 from elmbench.backends.isolate import Job, report_progress
 from elmbench.measure import cpuwait
+from elmbench.measure.finite import check_finite_logits
 from elmbench.measure.protocol import Protocol, Timer, run_protocol
 
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
@@ -131,6 +132,9 @@ def throughput(job: Job) -> Iterator[dict[str, Any]]:
     peak, peak_kind = backend.peak_memory_bytes()
     peak = max([peak, *peaks])
     generated = np.concatenate([backend.to_numpy(t) for t in tokens], axis=1)
+    # Untimed: the logits that chose each generated token of the first row must be finite.
+    whole = np.concatenate([prompt[:1], generated[:1, :-1]], axis=1)  # (1, P + N - 1)
+    check_finite_logits(backend, whole, new)
     yield {
         "status": "ok",
         "timing": timing.to_record(),
