@@ -70,3 +70,7 @@ class UnavailableError(ElmbenchError):
 
 class ConfigError(ElmbenchError):
     """A configuration value that is out of range or contradicts another."""
+
+
+class NonFiniteError(ElmbenchError):
+    """A model that computed NaN or infinite values: the case it was measuring fails with this."""

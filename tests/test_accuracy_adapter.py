@@ -55,12 +55,13 @@ def test_loglikelihood_equals_direct_computation(sp_model: Path, backend: Backen
 
 
 def test_batched_equals_one_at_a_time_and_shares_inputs(sp_model: Path, backend: Backend) -> None:
+    """The plain path (each input whole); packed rows are tested in test_accuracy_packing."""
     tok = SentencePieceTokenizer(sp_model)
     context = "Deserialize a JSON document to a Python object. Answer:"
     choices = [" A", " B", " C", " D", " object", " string of text"]
     reqs = [Req(context, c) for c in choices] + [Req("Serialize", " obj")]
-    one = ElmLM(backend, tok, batch_size=1)
-    many = ElmLM(backend, tok, batch_size=4)
+    one = ElmLM(backend, tok, batch_size=1, share_prefix=False)
+    many = ElmLM(backend, tok, batch_size=4, share_prefix=False)
     a = one.loglikelihood(reqs, disable_tqdm=True)
     b = many.loglikelihood(reqs, disable_tqdm=True)
     for (la, ga), (lb, gb) in zip(a, b, strict=True):
@@ -211,11 +212,16 @@ def test_tokenizer_from_a_folder_holding_tokenizer_model(sp_model: Path, tmp_pat
     )
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["packed", "whole"])
 def test_each_scored_batch_is_cached_before_the_next_runs(
-    sp_model: Path, backend: Backend, capsys: pytest.CaptureFixture[str]
+    sp_model: Path,
+    backend: Backend,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    share: bool,
 ) -> None:
     """An interrupted run keeps what it scored: lm-eval's request cache gets every batch at once."""
-    lm = ElmLM(backend, SentencePieceTokenizer(sp_model), batch_size=2)
+    lm = ElmLM(backend, SentencePieceTokenizer(sp_model), batch_size=2, share_prefix=share)
     cached: list[tuple[Any, Any]] = []
 
     class Hook:
@@ -223,15 +229,21 @@ def test_each_scored_batch_is_cached_before_the_next_runs(
             cached.append((req, res))
 
     lm.set_cache_hook(Hook())
-    real, calls = lm._logprob_rows, []
+    calls: list[int] = []
 
-    def fail_on_second(batch: list[tuple[int, ...]], last: list[int]) -> list[np.ndarray]:
-        calls.append(batch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(batch, last)
+    def fail_on_second(real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args)
 
-    lm._logprob_rows = fail_on_second  # type: ignore[method-assign]
+        return call
+
+    if share:
+        monkeypatch.setattr(backend, "score_packed", fail_on_second(backend.score_packed))
+    else:
+        monkeypatch.setattr(lm, "_logprob_rows", fail_on_second(lm._logprob_rows))
     pairs = [("Return the", " value"), ("The object", " is"), ("def", " f"), ("Raise", " it")]
     with pytest.raises(KeyboardInterrupt):
         lm.loglikelihood([Req(c, x) for c, x in pairs])

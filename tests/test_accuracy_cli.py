@@ -106,12 +106,18 @@ def test_full_run_writes_records_in_valid_ranges(llm360: tuple[Result, Path]) ->
         # Speed of the task: every request answered by the model, none from a cache.
         assert r["requests"] >= LIMIT * 2 and r["forwards"] >= 1
         assert r["requests_per_s"] == pytest.approx(r["requests"] / r["eval_s"])
-        assert r["padded_tokens"] >= r["input_tokens"] >= r["forwards"]
+        # Each document's shared prefix once: fewer tokens computed than the inputs hold whole.
+        assert r["share_prefix"] is True and r["batch_size"] == 4
+        assert r["input_tokens"] >= r["computed_tokens"] >= r["forwards"], label
+        assert r["padded_tokens"] >= r["computed_tokens"]
         assert r["input_tokens_per_s"] == pytest.approx(r["input_tokens"] / r["eval_s"])
         assert r["wall_s"] >= r["eval_s"] > 0
     # Records of one task share its speed; a choice per request (two per PIQA question).
     assert by["PIQA", "acc"]["requests"] == by["PIQA", "acc_norm"]["requests"] == 2 * LIMIT
     assert by["ARC-c", "acc"]["requests"] >= 3 * LIMIT
+    # 0-shot PIQA fits the tiny model's 256 tokens: each question's context is computed once.
+    # (5-shot MMLU is cut from the left, each choice's input at another token: nothing shared.)
+    assert by["PIQA", "acc"]["computed_tokens"] < by["PIQA", "acc"]["input_tokens"]
     # The JSON output: the summary of the suite with the same measured values, and the records.
     out = json.loads(result.stdout)
     assert out["run_dir"] == str(run) and len(out["records"]) == len(records)
@@ -157,9 +163,18 @@ def test_few_shot_examples_from_the_evaluation_split_are_noted(
     ) in notes
 
 
-def test_suite_file_published_values_and_norm_agreement(tmp_path: Path, sp_model: Path) -> None:
-    temp = Path(tempfile.gettempdir())
-    before = set(temp.glob("elmbench-*"))  # the run may leave none of its temporary folders
+def test_suite_file_published_values_and_norm_agreement(
+    tmp_path: Path, sp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []  # the run may leave none of the temporary folders it makes
+    mkdtemp = tempfile.mkdtemp
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        path = mkdtemp(*args, **kwargs)
+        made.append(path)
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
     suite = tmp_path / "mine.yaml"
     suite.write_text(
         "kind: accuracy\ndescription: BoolQ with a published value for the test model\n"
@@ -184,7 +199,8 @@ def test_suite_file_published_values_and_norm_agreement(tmp_path: Path, sp_model
     assert "paper row: tiny (test model) (chosen by --model)" in text
     assert {r["paper_model_from"] for r in records} == {"--model"}
     assert "[2/2] BoolQ (boolq, 0-shot, norm fused) ..." in result.stderr  # progress on stderr
-    assert set(temp.glob("elmbench-*")) == before  # the task overrides' folder is gone
+    assert any("elmbench-tasks-" in m for m in made)  # the task overrides' folder...
+    assert not any(Path(m).exists() for m in made)  # ...and every other one is gone
 
 
 def test_resume_continues_an_interrupted_run(llm360: tuple[Result, Path], tmp_path: Path) -> None:
@@ -303,6 +319,40 @@ def test_the_hub_path_fetches_the_released_weights_and_the_papers_tokenizer(
     assert asked[0] == "apple/OpenELM-270M" and set(asked[1:]) == {"meta-llama/Llama-2-7b-hf"}
     record = json.loads(result.stdout)["records"][0]
     assert record["paper_model"] == "OpenELM-270M" and record["random_weights"] is False
+
+
+def test_whole_requests_and_auto_batches_give_the_same_values(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """Packed rows (default), each request whole, and --batch-size auto: the same metrics."""
+    values, speed = {}, {}
+    for name, extra in {
+        "packed": [],
+        "whole": ["--no-share-prefix"],
+        "auto": ["--eval-batch-size", "auto"],
+    }.items():
+        out = tmp_path / name
+        args = [*common(sp_model, out), "--tasks", "ARC-c,PIQA,WinoGrande", *extra]
+        result = invoke(*args, "--suite", "zero_shot", "--format", "json")
+        assert result.exit_code == 0, result.output
+        records = records_of(only_run(out))
+        values[name] = {(r["label"], r["metric"]): r["value"] for r in records}
+        speed[name] = {r["label"]: r for r in records}
+    assert values["packed"] == values["whole"] == values["auto"]
+    for label, r in speed["whole"].items():
+        assert r["share_prefix"] is False and r["computed_tokens"] == r["input_tokens"]
+        assert speed["packed"][label]["input_tokens"] == r["input_tokens"]
+        assert speed["packed"][label]["computed_tokens"] < r["computed_tokens"]
+        auto = speed["auto"][label]
+        assert auto["batch_size"] == "auto" and auto["forwards"] == 1  # 3 documents: one batch
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2"])
+def test_batch_size_must_be_a_positive_number_or_auto(
+    value: str, tmp_path: Path, sp_model: Path
+) -> None:
+    result = invoke(*common(sp_model, tmp_path / "out")[:-4], "--eval-batch-size", value)
+    assert_one_line_error(result, f"--eval-batch-size: a positive integer or auto, found {value}")
 
 
 def test_offline_without_a_data_folder_is_a_clear_error(tmp_path: Path, sp_model: Path) -> None:
@@ -634,3 +684,18 @@ def test_norm_variants_that_differ_beyond_the_standard_error_disagree(
         "norm variants fused, naive DISAGREE: largest gap 3.00 points (beyond the tasks' "
         "standard errors)"
     ) in capsys.readouterr().out
+
+
+def test_every_model_dtype_and_norm_combination_is_evaluated_with_its_own_cache(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """Lists take the same form as in throughput; each combination is answered by its own model,
+    not from another combination's request cache (lm-eval keys answers by request text)."""
+    args = [*common(sp_model, tmp_path), "--tasks", "PIQA", "--dtype", "fp32,bf16",
+            "--norm", "naive", "--norm", "fused", "--format", "json"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    records = records_of(only_run(tmp_path))
+    combos = {(r["dtype"], r["norm"]) for r in records}
+    assert combos == {(d, n) for d in ("float32", "bfloat16") for n in ("naive", "fused")}
+    assert all(r["requests"] == 2 * LIMIT for r in records)  # none came from a cache

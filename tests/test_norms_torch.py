@@ -163,7 +163,7 @@ def no_apex() -> None:
 def test_apex_is_unavailable_with_reason_and_hint() -> None:
     status = get_norm("apex").available()
     assert not status.ok and status.reason
-    assert "third_party/apex" in status.hint  # the vendored NVIDIA source
+    assert "scripts/build_apex.sh" in status.hint  # builds the extension from apex source
     assert "never 'pip install apex'" in status.hint  # the PyPI 'apex' is an unrelated package
 
 

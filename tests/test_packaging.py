@@ -37,3 +37,4 @@ def test_a_wheel_installed_elsewhere_lists_the_shipped_suites(tmp_path: Path) ->
     package = target / "elmbench"
     assert (package / "engine" / "cpu_kernels.c").is_file()
     assert (package / "engine" / "cpu_ops.cpp").is_file()
+    assert (package / "engine" / "README.md").is_file()

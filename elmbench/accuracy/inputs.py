@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -99,6 +101,30 @@ def check_task_data(tasks: Sequence[AccuracyTask], data: Path | None) -> None:
             for rel in local_task(name).files.values():
                 if not (data / rel).is_file():
                     raise ElmbenchError(f"task '{name}' has no local data: expected {data / rel}")
+
+
+def check_task_names(tasks: Sequence[AccuracyTask], where: str) -> None:
+    """Every task is one that lm-eval knows (as its task index lists it), else one clear line."""
+    known = lm_eval_tasks()
+    for task in tasks:
+        if task.task in known:
+            continue
+        import lm_eval
+
+        close = difflib.get_close_matches(task.task, known, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ElmbenchError(
+            f"{where}: task '{task.task}' ({task.label}) is not a task of lm-eval "
+            f"{lm_eval.__version__}.{hint} `lm-eval ls tasks` lists them"
+        )
+
+
+@functools.cache
+def lm_eval_tasks() -> frozenset[str]:
+    """The task, group and tag names lm-eval's task index knows (built once: it takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)
 
 
 def absolute(value: str | None) -> str | None:

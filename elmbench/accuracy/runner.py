@@ -33,7 +33,8 @@ class AccuracyPlan:
     data_dir: Path | None = None
     tasks: tuple[str, ...] = ()  # labels or lm-eval names; empty: the whole suite
     limit: int | None = None
-    batch_size: int | str = 1  # or "auto"
+    batch_size: int | str = 1  # rows per forward, or "auto" (ElmLM._batches)
+    share_prefix: bool = True  # each document's choices in one packed row (ElmLM)
     allow_random: bool = False
     cache_dir: Path | None = None  # lm-eval request cache: an interrupted run continues
     weights_name: str | None = None  # --weights as given (a path or an HF id), for the paper model
@@ -54,6 +55,14 @@ def weights_identity(path: str | None, seed: int) -> dict[str, Any]:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
     return {"weights": str(path), "weights_sha256": digest.hexdigest(), "random_weights": False}
+
+
+def cache_name(plan: AccuracyPlan, norm: str, shots: int) -> str:
+    """The request cache of one model, dtype, kernels, norm and shot count (lm-eval keys its
+    answers by request text alone, so each combination needs its own)."""
+    spec = plan.spec
+    model = (plan.model_label or spec.model or "model").replace("/", "_")
+    return f"lm_eval_cache_{model}_{spec.dtype}_{spec.kernels}_{norm}_{shots}shot"
 
 
 def init_data_parallel() -> int:
@@ -119,7 +128,9 @@ def _run_norm(
 
     spec = replace(plan.spec, norm=norm)
     backend = create_backend(plan.backend, spec)
-    lm = (lm_class or ElmLM)(backend, tokenizer, batch_size=plan.batch_size)
+    lm = (lm_class or ElmLM)(
+        backend, tokenizer, batch_size=plan.batch_size, share_prefix=plan.share_prefix
+    )
     paper = paper_model(
         backend.config, spec.model, checkpoint_names(plan.weights_name, spec.weights)
     )
@@ -158,7 +169,7 @@ def _run_norm(
             cache = (
                 None
                 if plan.cache_dir is None
-                else str(plan.cache_dir / f"lm_eval_cache_{norm}_{shots}shot")
+                else str(plan.cache_dir / cache_name(plan, norm, shots))
             )
             result = lm_eval.simple_evaluate(
                 model=lm,

@@ -2,7 +2,7 @@
 
 Each override `include:`s lm-eval's own stock YAML and changes only where the data is and which
 splits exist, so prompts, targets, metrics and few-shot logic stay lm-eval's (see the layout of
-`shared/evaldata/README.md`).
+docs/accuracy.md).
 """
 
 from __future__ import annotations

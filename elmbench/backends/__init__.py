@@ -6,6 +6,7 @@ Backends are resolved lazily by name; `available()` explains what is missing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,28 @@ import numpy as np
 from elmbench.errors import UnavailableError, UnknownNameError
 from elmbench.norms import Availability
 from elmbench.registry import resolve
+
+
+def decode_steps(
+    decode: Callable[[Any, int], Any],
+    token: Any,
+    position: int,
+    steps: int,
+    stop: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """The cached decode loop that throughput, profile and accuracy share.
+
+    `steps` greedy steps from `token` (B, 1) at `position`, each `decode(token, position)` giving
+    the next; returns the new token handles. `stop(token)`, when given, may end it early; without
+    it the loop never waits for the device, so frameworks can queue the steps.
+    """
+    out = []
+    for i in range(steps):
+        token = decode(token, position + i)
+        out.append(token)
+        if stop is not None and stop(token):
+            break
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,27 @@ class Backend(ABC):
         """One full forward over right-padded tokens (B, T); for row b, the fp32 log-softmax
         (last[b], V) at its final `last[b]` real positions (those before lengths[b])."""
 
+    packs_rows = False  # whether `score_packed` is implemented (OpenELM on torch and MLX)
+
+    def memory_limit_bytes(self) -> int | None:
+        """Device memory a batch may fill (GPUs); None on CPUs, where memory is not the limit."""
+        return None
+
+    def score_packed(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        rows: np.ndarray,
+        targets: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One forward over packed rows: tokens and their positions (B, T), tree masks (B, T, T).
+
+        For each pair i: the fp32 log-prob of targets[i] after flat position rows[i] (an index
+        into B * T), and whether it is the argmax there. See `elmbench.accuracy.packing`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not score packed rows")
+
     def score(self, tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Log-prob of each target (B, T) after its prefix, and whether it is the argmax."""
         b, t = tokens.shape
@@ -101,10 +145,7 @@ class Backend(ABC):
         b, t = prompt.shape
         self.setup(b, t + new_tokens)
         tok = self.prefill(prompt)
-        out = [tok]
-        for i in range(new_tokens - 1):
-            tok = self.decode(tok, t + i)
-            out.append(tok)
+        out = [tok, *decode_steps(self.decode, tok, t, new_tokens - 1)]
         return np.concatenate([self.to_numpy(x) for x in out], axis=1)
 
 

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,7 @@ from elmbench.errors import ElmbenchError
 
 MARK = "@@elmbench-record@@ "
 PROGRESS_MARK = "@@elmbench-progress@@ "
+PARENT_POLL_S = 0.5  # how often a worker checks that the run that started it is still there
 
 # Where a task's progress events go: the parent's callback in-process, a marked line in a worker.
 _progress_sink: Callable[[dict[str, Any]], None] | None = None
@@ -208,22 +211,46 @@ def _emit(mark: str, payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _follow_parent() -> None:
+    """A worker ends with the run that started it, quietly: Ctrl-C is the parent's to handle
+    (it ends its workers), and a parent that dies, even by SIGKILL, takes the worker with it.
+
+    The parent is watched by polling (a parent that dies makes the worker an orphan with another
+    parent id), not by Linux's parent-death signal, which fires when the thread that started the
+    worker ends rather than its process.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)  # nothing to flush: the parent that read the records is gone
+
+    threading.Thread(target=watch, name="elmbench-parent-watch", daemon=True).start()
+
+
 def _main() -> None:
     # Run as `python -m`, this file is __main__: set the sink on the module that tasks import.
     from elmbench.backends import isolate
 
+    _follow_parent()
     isolate._progress_sink = lambda event: _emit(PROGRESS_MARK, event)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        data = json.loads(line)
-        if "jobs" in data:
-            group = Group(data["task"], tuple(Job(**j) for j in data["jobs"]))
-            for record in execute_group(group):
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            data = json.loads(line)
+            if "jobs" in data:
+                group = Group(data["task"], tuple(Job(**j) for j in data["jobs"]))
+                for record in execute_group(group):
+                    _emit(MARK, record)
+                continue
+            for record in execute(Job(**data)):
                 _emit(MARK, record)
-            continue
-        for record in execute(Job(**data)):
-            _emit(MARK, record)
+    except BrokenPipeError:  # the parent is gone: no one reads the records, so end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,42 @@ class MlxBackend(Backend):
         mx.eval(rows)
         return [np.array(r) for r in rows]
 
+    packs_rows = True
+
+    def memory_limit_bytes(self) -> int | None:
+        """Metal's recommended working set on Apple silicon; None on the CPU."""
+        if self.mx.default_device() != self.mx.gpu:
+            return None
+        info = self.mx.device_info()
+        return int(info.get("max_recommended_working_set_size") or self.mx.get_memory_limit())
+
+    def score_packed(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        rows: np.ndarray,
+        targets: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Target log-probs and argmax flags at flat positions of packed rows, from one forward."""
+        mx = self.mx
+        unique, inverse = np.unique(rows, return_inverse=True)  # a position may score several
+        logits = self.model.packed_logits(
+            mx.array(tokens.astype(np.int32)),
+            mx.array(positions.astype(np.int32)),
+            mx.array(mask),
+            mx.array(unique.astype(np.int32)),
+        ).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (U, V)
+        at, want = (
+            mx.array(inverse.reshape(-1).astype(np.int32)),
+            mx.array(targets.astype(np.int32)),
+        )
+        picked = logp[at, want]
+        greedy = mx.argmax(logp, axis=-1)[at] == want
+        mx.eval(picked, greedy)
+        return np.array(picked), np.array(greedy)
+
     def synchronize(self, value: Any = None) -> None:
         """Evaluate `value` (lazy graphs run only when evaluated), then wait for the stream."""
         if value is not None:

@@ -1,12 +1,12 @@
 """Which BLAS MLX's CPU matrix products run on, and OpenBLAS in place of the Linux wheel's own.
 
-The Linux `mlx[cpu]` wheel bundles netlib's reference BLAS, a correctness fallback: here a
-64x1280 by 1280x5120 product ran at 3.6 GFLOP/s on it and at 93 GFLOP/s on OpenBLAS. MLX built
-from source on Linux links the system BLAS instead, so timing the wheel as shipped measures the
-fallback, not MLX. MLX's CPU backend calls three BLAS functions (`cblas_sgemm`, `cblas_dgemm`,
-`cblas_cgemm`); a library preloaded with `LD_PRELOAD` that defines them is found before the
-bundled one. elmbench builds such a library (`mlx_blas_shim.c`) over OpenBLAS from the
-`scipy-openblas32` wheel and starts the processes that run MLX with it.
+The Linux `mlx[cpu]` wheel bundles netlib's reference BLAS, a correctness fallback with no
+blocking or threading, far slower than an optimised BLAS. MLX built from source on Linux links the
+system BLAS instead, so timing the wheel as shipped measures the fallback, not MLX. MLX's CPU
+backend calls three BLAS functions (`cblas_sgemm`, `cblas_dgemm`, `cblas_cgemm`); a library
+preloaded with `LD_PRELOAD` that defines them is found before the bundled one. elmbench builds
+such a library (`mlx_blas_shim.c`) over OpenBLAS from the `scipy-openblas32` wheel and starts the
+processes that run MLX with it.
 
 `ELMBENCH_MLX_BLAS` chooses: `auto` (default: OpenBLAS when it can be had, else the bundled BLAS
 with a warning), `openblas` (an error when it cannot be had), `bundled` (the wheel as shipped).

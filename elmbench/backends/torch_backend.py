@@ -163,6 +163,46 @@ class TorchBackend(Backend):
             for b, (n, k) in enumerate(zip(lengths, last, strict=True))
         ]
 
+    def memory_limit_bytes(self) -> int | None:
+        """CUDA: the GPU's memory; MPS: Metal's recommended working set; CPU: None."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[1])
+        if self.device.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        return None
+
+    @property
+    def packs_rows(self) -> bool:  # type: ignore[override]
+        """OpenELM scores packed rows; comparison models run as transformers builds them."""
+        return not self.comparison
+
+    @torch.inference_mode()
+    def score_packed(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        rows: np.ndarray,
+        targets: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Target log-probs and argmax flags at flat positions of packed rows, from one forward."""
+        if not self.packs_rows:
+            return super().score_packed(tokens, positions, mask, rows, targets)
+        unique, inverse = np.unique(rows, return_inverse=True)  # a position may score several
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, device=self.device)
+
+        model: OpenELM = self.model  # type: ignore[assignment]
+        logits = model.packed_logits(
+            tensor(tokens), tensor(positions), tensor(mask), tensor(unique)
+        )
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (U, V)
+        at, want = tensor(inverse.reshape(-1)), tensor(targets)
+        picked = logp[at, want]
+        greedy = logp.argmax(-1)[at] == want
+        return picked.cpu().numpy(), greedy.cpu().numpy()
+
     def synchronize(self, value: Any = None) -> None:
         """CUDA/MPS synchronize; CPU work is already done when ops return."""
         if self.device.type == "cuda":

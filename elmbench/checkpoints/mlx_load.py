@@ -8,44 +8,25 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 from mlx import nn
-from safetensors import SafetensorError, safe_open
 
 from elmbench.checkpoints import WeightsSource
-from elmbench.checkpoints.layout import INDEX, SINGLE, expected_shapes, validate_state, weight_files
+from elmbench.checkpoints.layout import (
+    GROUP_SIZES,
+    QUANT_BITS,
+    SINGLE,
+    Quantization,
+    QuantizedModules,
+    validate_folder,
+)
 from elmbench.config import ElmConfig, get_config
 from elmbench.dtypes import mlx_dtype
 from elmbench.errors import CheckpointError, ConfigError, ElmbenchError
 from elmbench.models.openelm_mlx import OpenELM, flat_parameters
-
-# MLX's affine quantization (mx.quantize) supports exactly these.
-QUANT_BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
-
-# safetensors header dtypes under the names torch and numpy use, so messages read the same.
-_ST_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I8": "int8",
-    "I16": "int16",
-    "I32": "int32",
-    "I64": "int64",
-    "U8": "uint8",
-    "U16": "uint16",
-    "U32": "uint32",
-    "U64": "uint64",
-    "BOOL": "bool",
-}
-
-Quantization = dict[str, Any]  # the config.json entry: {"group_size": 64, "bits": 4, ...}
-QuantizedModules = dict[str, dict[str, int]]  # module path -> {"group_size": .., "bits": ..}
 
 
 def dtype_name(dtype: mx.Dtype) -> str:
@@ -102,72 +83,12 @@ def read_folder(
 
     Returns the config, the arrays and, for a quantized folder, each quantized module's params.
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise CheckpointError(folder, "checkpoint folder does not exist")
-    config_path = folder / "config.json"
-    cfg = ElmConfig.from_hf(config_path, name=name or folder.name)
-    quantization = _quantization_entry(json.loads(config_path.read_text()), config_path)
-    files = weight_files(folder)
-    shapes, dtypes = _read_headers(files)
-    where = {k: str(p) for k, p in files.items()}
-    modules: QuantizedModules | None = None
-    if quantization is None:
-        validate_state(shapes, dtypes, expected_shapes(cfg), where, str(config_path))
-    else:
-        expected, modules = quantized_layout(cfg, quantization, shapes.keys(), str(config_path))
-        for key in sorted(shapes):
-            module = key.removesuffix(".biases")
-            if key.endswith(".biases") and module not in modules:
-                raise CheckpointError(
-                    where[key],
-                    "quantized layer without its scales",
-                    key=f"{module}.scales",
-                    expected=f"shape {list(shapes[key])}",
-                    found="nothing",
-                )
-        packed = {f"{m}.weight" for m in modules}
-        # validate_state wants floats everywhere; a packed weight passes it only as uint32.
-        shown = {k: ("float32" if k in packed and d == "uint32" else d) for k, d in dtypes.items()}
-        validate_state(shapes, shown, expected, where, str(config_path))
-        for key in sorted(packed):
-            if dtypes[key] != "uint32":
-                raise CheckpointError(
-                    where[key],
-                    "wrong dtype for a quantized weight",
-                    key=key,
-                    expected="uint32 (packed)",
-                    found=dtypes[key],
-                )
+    layout = validate_folder(folder, name)
+    files = layout.files
     arrays = _load_arrays(files)
     if dtype is not None:
         arrays = {k: v if v.dtype == mx.uint32 else v.astype(dtype) for k, v in arrays.items()}
-    return cfg, arrays, modules
-
-
-def _read_headers(files: Mapping[str, Path]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Shapes and dtypes from the safetensors headers, without reading any tensor data."""
-    by_file: dict[Path, list[str]] = {}
-    for key, path in files.items():
-        by_file.setdefault(path, []).append(key)
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
-    for path, keys in by_file.items():
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                present = set(f.keys())
-                for key in keys:
-                    if key not in present:
-                        raise CheckpointError(
-                            path, f"key listed in {INDEX} is not in this shard", key=key
-                        )
-                    info = f.get_slice(key)
-                    shapes[key] = tuple(info.get_shape())
-                    raw = info.get_dtype()
-                    dtypes[key] = _ST_DTYPES.get(raw, raw.lower())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(path, f"corrupt safetensors file ({exc})") from None
-    return shapes, dtypes
+    return layout.cfg, arrays, layout.quantized
 
 
 def _load_arrays(files: Mapping[str, Path]) -> dict[str, mx.array]:
@@ -202,69 +123,6 @@ def read_corenet_mlx(
 
 
 # Quantization -----------------------------------------------------------------------------------
-
-
-def _quantization_entry(data: Any, config_path: Path) -> Quantization | None:
-    """The `quantization` entry of a config.json, checked; None for an unquantized folder."""
-    if not isinstance(data, dict) or data.get("quantization") is None:
-        return None
-    entry = data["quantization"]
-    defaults = {k: entry.get(k) for k in ("group_size", "bits")} if isinstance(entry, dict) else {}
-    ok = defaults.get("group_size") in GROUP_SIZES and defaults.get("bits") in QUANT_BITS
-    if not ok:
-        raise CheckpointError(
-            config_path,
-            "unsupported quantization entry",
-            key="quantization",
-            expected=f"group_size in {list(GROUP_SIZES)} and bits in {list(QUANT_BITS)}",
-            found=json.dumps(defaults or entry)[:80],
-        )
-    mode = entry.get("mode", "affine")
-    if mode != "affine":
-        raise CheckpointError(
-            config_path,
-            "unsupported quantization mode",
-            key="quantization.mode",
-            expected="affine",
-            found=mode,
-        )
-    return dict(entry)
-
-
-def quantized_layout(
-    cfg: ElmConfig, quantization: Quantization, present: Collection[str], config_path: str
-) -> tuple[dict[str, tuple[int, ...]], QuantizedModules]:
-    """Expected shapes of a quantized folder, and each quantized module's `to_quantized` params.
-
-    As in mlx-lm's `load_model`: a per-module entry in `quantization` decides (False or params);
-    otherwise a Linear or Embedding is quantized exactly when its `<name>.scales` is present.
-    """
-    defaults = {"group_size": quantization["group_size"], "bits": quantization["bits"]}
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules: QuantizedModules = {}
-    for key, shape in expected_shapes(cfg).items():
-        module = key.removesuffix(".weight")
-        override = quantization.get(module)
-        quantized = f"{module}.scales" in present if override is None else bool(override)
-        if len(shape) != 2 or not quantized:
-            shapes[key] = shape
-            continue
-        params = {**defaults, **(override if isinstance(override, dict) else {})}
-        params = {k: params[k] for k in ("group_size", "bits")}
-        rows, cols = shape
-        if cols % params["group_size"] or cols * params["bits"] % 32:
-            raise CheckpointError(
-                config_path,
-                "quantization does not fit the layer",
-                key=module,
-                expected=f"input dim {cols} divisible by group_size",
-                found=params["group_size"],
-            )
-        shapes[key] = (rows, cols * params["bits"] // 32)  # uint32 words of packed values
-        groups = (rows, cols // params["group_size"])
-        shapes[f"{module}.scales"] = shapes[f"{module}.biases"] = groups
-        modules[module] = params
-    return shapes, modules
 
 
 def _is_quantizable(module: nn.Module) -> bool:

@@ -6,6 +6,7 @@ Command modules must import torch, mlx, lm_eval, pandas and matplotlib inside co
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -71,9 +72,9 @@ class ElmbenchGroup(click.Group):
         except click.UsageError as err:
             where = err.ctx.command_path if err.ctx is not None else "elmbench"
             fail(ElmbenchError(f"{err.format_message()} (see: {where} --help)"))
-        except click.exceptions.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.exceptions.Abort:  # Ctrl-C outside a run (a run says how to resume it)
+            click.echo("interrupted (SIGINT) before any run started; nothing was written", err=True)
+            sys.exit(128 + signal.SIGINT)
         except ElmbenchError as err:  # raised outside any subcommand, e.g. by the group itself
             fail(err)
         sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ before the run folder is made.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from elmbench.accuracy.inputs import (
     PAPER_TOKENIZER,
     absolute,
     check_task_data,
+    check_task_names,
     load_accuracy_suite,
     official_weights,
     weights_path,
 )
+from elmbench.cli.interrupts import resumable
 from elmbench.cli.options import Column, as_json, emit
 from elmbench.cli.run_options import (
     OUTPUT,
@@ -34,7 +37,7 @@ from elmbench.cli.run_options import (
     run_options,
     split,
 )
-from elmbench.errors import ConfigError, ElmbenchError
+from elmbench.errors import ConfigError, ElmbenchError, UnavailableError
 
 if TYPE_CHECKING:
     from elmbench.accuracy.runner import AccuracyPlan
@@ -48,7 +51,7 @@ DEFAULT_SUITE = "zero_shot"
 SETTINGS = (
     "models", "weights", "tokenizer", "suite", "tasks", "limit", "eval_batch_size", "device",
     "backend", "kernels", "norms", "dtypes", "data_dir", "allow_random", "seed", "quantize",
-    "group_size",
+    "group_size", "share_prefix",
 )  # fmt: skip
 OPTION_OF = {"models": "model", "norms": "norm", "dtypes": "dtype"}
 
@@ -59,7 +62,8 @@ class EvalSpeed:
 
     requests: int = 0
     forwards: int = 0
-    input_tokens: int = 0  # tokens scored in those passes, without padding
+    input_tokens: int = 0  # tokens of the distinct inputs scored, each counted whole
+    computed_tokens: int = 0  # tokens run through the model: shared prefixes once, no padding
     padded_tokens: int = 0  # with padding: what the batches computed
     seconds: float = 0.0
 
@@ -74,7 +78,8 @@ class EvalSpeed:
         return self.input_tokens / self.seconds if self.input_tokens and self.seconds > 0 else None
 
 
-COUNTED = ("forwards", "input_tokens", "padded_tokens")  # the adapter's counters EvalSpeed sums
+# The adapter's counters EvalSpeed sums.
+COUNTED = ("forwards", "input_tokens", "computed_tokens", "padded_tokens")
 
 
 def measured_adapter(speed: EvalSpeed) -> type:
@@ -121,8 +126,15 @@ SPEED_COLUMNS = [
     Column("eval s", lambda r: _num(r.get("eval_s"), 2), numeric=True),
     Column("requests/s", lambda r: _num(r.get("requests_per_s"), 2), numeric=True),
     Column("tokens/s", lambda r: _num(r.get("input_tokens_per_s"), 0), numeric=True),
+    Column("computed", lambda r: _share(r), numeric=True),
     Column("wall s", lambda r: _num(r.get("wall_s"), 1), numeric=True),
 ]
+
+
+def _share(record: Record) -> str:
+    """Tokens computed as a share of the inputs' tokens (below 100% where prefixes were shared)."""
+    done, whole = record.get("computed_tokens"), record.get("input_tokens")
+    return f"{100 * done / whole:.0f}%" if isinstance(done, int) and whole else "-"
 
 
 def _num(value: Any, digits: int) -> str:
@@ -171,6 +183,8 @@ def _report(records: list[AccuracyRecord], suite: AccuracySuite, fmt: str, run_d
         "requests: lm-eval requests the model answered in this process (cached ones excluded); "
         "requests/s over the time spent in the model adapter; wall s also includes loading the "
         "model and the task",
+        "computed: tokens run through the model against the tokens of the inputs scored whole "
+        "(each document's shared prefix is computed once; --no-share-prefix: 100%)",
         f"records: {run_dir}",
     ]
     emit(speed, SPEED_COLUMNS, fmt, title="Evaluation speed", notes=legend)
@@ -218,6 +232,7 @@ def settings(opts: dict[str, Any]) -> dict[str, Any]:
         "seed": 0 if opts.get("seed") is None else opts["seed"],
         "quantize": opts.get("quantize"),
         "group_size": opts.get("group_size") or 64,
+        "share_prefix": opts.get("share_prefix", True) is not False,
     }
 
 
@@ -282,13 +297,20 @@ def combinations(run: dict[str, Any], weights: str | None) -> Iterator[Combinati
     "--eval-batch-size",
     "eval_batch_size",
     metavar="N|auto",
-    help="Inputs scored per forward pass (1; the results do not depend on it).",
+    help="Rows per forward pass (1; the results do not depend on it), or auto: on a GPU the "
+    "largest batch that fits, on a CPU a token budget per forward.",
 )
 @run_options("device", "backend", "kernels", "norm", "dtype")
 @click.option(
     "--data-dir",
     metavar="DIR",
     help="Task data folder (docs/accuracy.md; default: $ELMBENCH_DATA, else the Hub).",
+)
+@click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Score a document's choices in one row, their shared prefix once; off: each whole.",
 )
 @click.option("--allow-random", is_flag=True, help="Random weights: tests the pipeline only.")
 @run_options(*SESSION_OPTIONS, *OUTPUT)
@@ -303,16 +325,18 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
     evaluation is data-parallel and rank 0 writes the records.
     """
     from elmbench.accuracy.papermodel import checkpoint_config, paper_model
-    from elmbench.accuracy.runner import AccuracyPlan, init_data_parallel, run_accuracy
+    from elmbench.accuracy.runner import init_data_parallel
     from elmbench.accuracy.tokenizer import load_tokenizer
-    from elmbench.backends import ModelSpec
+    from elmbench.config import get_config
     from elmbench.devices import resolve_device
     from elmbench.norms import get_norm
-    from elmbench.records import AccuracyRecord, check_writable, read_run
+    from elmbench.records import AccuracyRecord, FailureRecord, check_writable, read_run
 
     check_session(opts)
     check_writable(opts.get("out"))
     run = resume_settings(ctx, opts) if opts.get("resume") else settings(opts)
+    for model in run["models"] or []:
+        get_config(model)  # an unknown name: one line with the names there are
     suite = load_accuracy_suite(run["suite"])
     tasks: list[AccuracyTask] = [suite.task(n) for n in run["tasks"] or []] or list(suite.tasks)
     weights_name, tokenizer_name = run["weights"], run["tokenizer"]
@@ -336,6 +360,8 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
             paper_model(checkpoint, model)
     data = None if run["data_dir"] is None else Path(run["data_dir"])
     check_task_data(tasks, data)
+    if data is None:  # a data folder's tasks are checked against its own task files
+        check_task_names(tasks, f"suite '{suite.name}'")
     tokenizer = load_tokenizer(tokenizer_name)
     device = resolve_device(run["device"], run["backend"])
     if "elmbench" in run["kernels"]:
@@ -344,84 +370,191 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
         reason = unsupported(device.framework_device, device.backend)
         if reason is not None:
             raise ConfigError(f"--kernels elmbench: {reason}; use --kernels stock")
-    if device.backend == "mlx":
+    for norm in run["norms"]:
+        status = get_norm(norm, device.backend).available()
+        if not status.ok:
+            raise UnavailableError(f"norm '{norm}' ({device.backend})", status.reason, status.hint)
+    if run["quantize"] is not None and device.backend != "mlx":
+        raise ConfigError(
+            f"--quantize {run['quantize']} quantizes MLX weights; the backend here is "
+            f"{device.backend}: use --backend mlx (with --device mlx-cpu or mlx-gpu)"
+        )
+    if weights is not None:
+        check_weights(weights, run, device.backend)
+    if device.backend == "mlx":  # after every check: it may print a warning, or restart
         from elmbench.backends import mlx_blas
 
         mlx_blas.ensure_in_process()  # may restart this command with OpenBLAS preloaded
-    for norm in run["norms"]:
-        get_norm(norm, device.backend)
     # Paths are stored absolute in run.json, so a run resumes from any folder.
     run.update(weights=absolute(run["weights"]), tokenizer=absolute(run["tokenizer"]))
 
     world = init_data_parallel()
     rank = int(os.environ.get("RANK", "0"))
-    writer = _open_run(opts, run, device.to_record(), world, rank)
-    run_dir = _shared_run_dir(writer, world)
-    # Tasks already in a resumed run are skipped (every rank skips what rank 0 skips).
-    done = {r.case_id for r in read_run(run_dir).of(AccuracyRecord)}
+    with resumable("accuracy") as ref:
+        writer = _open_run(opts, run, device.to_record(), world, rank)
+        ref.path = None if writer is None else writer.path
+        try:
+            run_dir = _shared_run_dir(writer, world)
+            say = _say(rank == 0 and not quiet)
+            combos = list(combinations(run, weights))
+            say(
+                f"accuracy: suite {suite.name}, {len(tasks)} task(s) x {len(run['norms'])} "
+                f"norm(s) x {len(combos)} model/dtype/kernels on {device.backend}/"
+                f"{device.framework_device}, tokenizer {tokenizer.identity}; run {run_dir}"
+            )
+            # Tasks already in a resumed run are skipped (every rank skips what rank 0 skips);
+            # failed ones too, unless they are retried.
+            retry = bool(opts.get("retry_failed"))
+            done = {
+                r.case_id for r in read_run(run_dir).records if not (retry and r.status == "failed")
+            }
+            for step in _steps(combos, run, tasks, device.backend, done, say):
+                _evaluate(step, suite, run, device, weights_name, weights, tokenizer_name, data,
+                          run_dir, writer, say)  # fmt: skip
+            if writer is not None:
+                writer.finish()
+        finally:
+            if writer is not None:
+                writer.close()
+    if writer is None:
+        return
+    final = read_run(writer.path)
+    _report(final.of(AccuracyRecord), suite, fmt, writer.path)
+    failed = final.of(FailureRecord)
+    if failed:
+        click.echo(
+            f"{len(failed)} task metric(s) failed ({failed[0].reason}); see {writer.path}", err=True
+        )
+        sys.exit(1)
 
+
+@dataclass(frozen=True)
+class Step:
+    """One task of the run to evaluate: its place, model combination, norm and case fields."""
+
+    where: str  # "[i/n] label (task, shots, norm)" for progress lines
+    combo: Combination
+    norm: str
+    task: AccuracyTask
+    case: dict[str, Any]
+
+
+def _say(enabled: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
-        if rank == 0 and not quiet:
+        if enabled:
             click.echo(message, err=True)
 
-    combos = list(combinations(run, weights))
+    return say
+
+
+def _steps(
+    combos: list[Combination],
+    run: dict[str, Any],
+    tasks: list[AccuracyTask],
+    backend: str,
+    done: set[str],
+    say: Callable[[str], None],
+) -> Iterator[Step]:
+    """The run's (combination, norm, task) steps that are not in the run yet."""
+    from elmbench.records import AccuracyRecord
+
     steps = [(c, norm, task) for c in combos for norm in run["norms"] for task in tasks]
-    say(
-        f"accuracy: suite {suite.name}, {len(tasks)} task(s) x {len(run['norms'])} norm(s) x "
-        f"{len(combos)} model/dtype/kernels on {device.backend}/{device.framework_device}, "
-        f"tokenizer {tokenizer.identity}; run {run_dir}"
-    )
-    for step, (combo, norm, task) in enumerate(steps, start=1):
-        where = f"[{step}/{len(steps)}] {task.label} ({task.task}, {task.shots}-shot, norm {norm})"
+    for number, (combo, norm, task) in enumerate(steps, start=1):
+        where = (
+            f"[{number}/{len(steps)}] {task.label} ({task.task}, {task.shots}-shot, norm {norm})"
+        )
         if len(combos) > 1:
             where += f", {combo.label} {combo.dtype} {combo.kernels}"
-        case = {"model": combo.label, "backend": device.backend, "kernels": combo.kernels,
+        case = {"model": combo.label, "backend": backend, "kernels": combo.kernels,
                 "dtype": combo.dtype, "norm": norm, "task": task.task}  # fmt: skip
         if all(AccuracyRecord.case_id_of({**case, "metric": m}) in done for m in task.metrics):
             say(f"{where}: already in the run, skipped")
             continue
-        say(f"{where} ...")
-        spec = ModelSpec(
-            model=combo.model,
-            weights=weights,
-            norm=norm,
-            dtype=combo.dtype,
-            seed=run["seed"],
-            device=_rank_device(device.framework_device),
-            kernels=combo.kernels,
-            quantize=run["quantize"],
-            group_size=run["group_size"],
-        )
-        plan = AccuracyPlan(
-            backend=device.backend,
-            spec=spec,
-            norms=(norm,),
-            tokenizer=tokenizer_name,
-            data_dir=data,
-            tasks=(task.task,),
-            limit=run["limit"],
-            batch_size=run["eval_batch_size"],
-            allow_random=run["allow_random"],
-            cache_dir=run_dir / CACHE_DIR,
-            weights_name=weights_name,
-            model_label=combo.label,
-        )
-        speed, start = EvalSpeed(), time.perf_counter()
+        yield Step(where, combo, norm, task, case)
+
+
+def _evaluate(
+    step: Step,
+    suite: AccuracySuite,
+    run: dict[str, Any],
+    device: Any,
+    weights_name: str | None,
+    weights: str | None,
+    tokenizer_name: str,
+    data: Path | None,
+    run_dir: Path,
+    writer: RunWriter | None,
+    say: Callable[[str], None],
+) -> None:
+    """Evaluate one task and append its records; NaN log-likelihoods fail it, the run goes on."""
+    from elmbench.accuracy.runner import AccuracyPlan, run_accuracy
+    from elmbench.backends import ModelSpec
+    from elmbench.errors import NonFiniteError
+    from elmbench.records import FailureRecord
+
+    say(f"{step.where} ...")
+    spec = ModelSpec(
+        model=step.combo.model,
+        weights=weights,
+        norm=step.norm,
+        dtype=step.combo.dtype,
+        seed=run["seed"],
+        device=_rank_device(device.framework_device),
+        kernels=step.combo.kernels,
+        quantize=run["quantize"],
+        group_size=run["group_size"],
+    )
+    plan = AccuracyPlan(
+        backend=device.backend,
+        spec=spec,
+        norms=(step.norm,),
+        tokenizer=tokenizer_name,
+        data_dir=data,
+        tasks=(step.task.task,),
+        limit=run["limit"],
+        batch_size=run["eval_batch_size"],
+        share_prefix=run["share_prefix"],
+        allow_random=run["allow_random"],
+        cache_dir=run_dir / CACHE_DIR,
+        weights_name=weights_name,
+        model_label=step.combo.label,
+    )
+    speed, start = EvalSpeed(), time.perf_counter()
+    try:
         records = run_accuracy(suite, plan, lm_class=measured_adapter(speed))
-        wall = time.perf_counter() - start
+    except NonFiniteError as exc:
         if writer is not None:
-            writer.append(*(_case(record, speed, wall, plan) for record in records))
-        values = ", ".join(f"{r['metric']} {r['value_pct']:.2f}" for r in records)
-        rate = "-" if speed.requests_per_s is None else f"{speed.requests_per_s:.2f}"
-        say(
-            f"{where}: {values}; {speed.requests} requests in {speed.seconds:.1f} s "
-            f"({rate} requests/s), {wall:.1f} s in all"
-        )
-    if writer is None:
+            writer.append(
+                *(FailureRecord("accuracy", {**step.case, "metric": m}, str(exc))
+                  for m in step.task.metrics)
+            )  # fmt: skip
+        say(f"{step.where}: failed: {exc}")
         return
-    writer.finish()
-    writer.close()
-    _report(read_run(writer.path).of(AccuracyRecord), suite, fmt, writer.path)
+    wall = time.perf_counter() - start
+    if writer is not None:
+        writer.append(*(_case(record, speed, wall, plan) for record in records))
+    values = ", ".join(f"{r['metric']} {r['value_pct']:.2f}" for r in records)
+    rate = "-" if speed.requests_per_s is None else f"{speed.requests_per_s:.2f}"
+    say(
+        f"{step.where}: {values}; {speed.requests} requests in {speed.seconds:.1f} s "
+        f"({rate} requests/s), {wall:.1f} s in all"
+    )
+
+
+def check_weights(weights: str, run: dict[str, Any], backend: str) -> None:
+    """The checkpoint is readable, complete, finite, and one the backend can load as given."""
+    from elmbench.checkpoints.verify import check_checkpoint
+    from elmbench.config import get_config
+
+    preset = get_config(run["models"][0]) if run["models"] else None
+    checked = check_checkpoint(weights, preset)
+    if checked.quantized and backend != "mlx":
+        raise ConfigError(
+            f"{weights} is an MLX-quantized folder, which only the MLX backend reads: add "
+            "--backend mlx (with --device mlx-cpu or mlx-gpu)"
+        )
+    if checked.quantized and run["quantize"] is not None:
+        raise ConfigError(f"{weights}: the checkpoint is already quantized; drop --quantize")
 
 
 def _rank_device(framework_device: str) -> str:
@@ -483,11 +616,13 @@ def _case(record: Record, speed: EvalSpeed, wall: float, plan: AccuracyPlan) -> 
     fields = {k: v for k, v in record.items() if k != "status"}
     fields.update(
         limit=plan.limit,
-        batch_size=plan.batch_size if isinstance(plan.batch_size, int) else 0,
+        batch_size=plan.batch_size,
         requests=speed.requests,
         forwards=speed.forwards,
         input_tokens=speed.input_tokens,
+        computed_tokens=speed.computed_tokens,
         padded_tokens=speed.padded_tokens,
+        share_prefix=plan.share_prefix,
         eval_s=speed.seconds,
         requests_per_s=speed.requests_per_s,
         input_tokens_per_s=speed.tokens_per_s,

@@ -295,7 +295,12 @@ def suites(ctx: click.Context, fmt: str) -> None:
 @suites.command("validate")
 @click.argument("files", nargs=-1)
 def validate(files: tuple[str, ...]) -> None:
-    """Check suite files (default: every file in suites/); one line per problem."""
+    """Check suite files (default: every file in suites/); one line per problem.
+
+    Accuracy suites' task names are checked against lm-eval's task index (a few seconds).
+    """
+    from elmbench.accuracy.inputs import check_task_names
+    from elmbench.accuracy.suites import AccuracySuite
     from elmbench.errors import ElmbenchError
     from elmbench.suites import list_suites, load_suite, suite_path
 
@@ -303,7 +308,9 @@ def validate(files: tuple[str, ...]) -> None:
     bad = 0
     for path in paths:
         try:
-            load_suite(path)
+            suite = load_suite(path)
+            if isinstance(suite, AccuracySuite):
+                check_task_names(suite.tasks, str(path))
         except ElmbenchError as exc:
             bad += 1
             click.echo(f"error: {exc}", err=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from elmbench.cli.interrupts import resumable
 from elmbench.cli.options import Column, as_json, emit
 from elmbench.cli.run_options import (
     MEASURE,
@@ -20,7 +21,7 @@ from elmbench.cli.run_options import (
     run_options,
     spec_from_options,
 )
-from elmbench.cli.throughput import Progress
+from elmbench.cli.throughput import Progress, tracked
 from elmbench.errors import ConfigError
 from elmbench.profile import PHASE_CHOICES
 from elmbench.records.types import FailureRecord, ProfileRecord, Record
@@ -313,6 +314,7 @@ def profile(
     """
     from elmbench.profile.run import ProfileOptions, profile_spec, stored_run
     from elmbench.records import check_writable
+    from elmbench.throughput.weights import checked_weights
 
     check_session(options)
     check_writable(options.get("out"))
@@ -330,18 +332,20 @@ def profile(
                 f"--resume continues a run with its own settings; these differ: "
                 f"{', '.join(differing)}. Drop them, or start a new run"
             )
-        spec, opts = resumed_spec(stored, typed), stored_opts
+        spec, opts = checked_weights(resumed_spec(stored, typed), models_given=True), stored_opts
     else:
         spec = spec_from_options(DEFAULT, options, kinds=("throughput",))
+        chosen = bool(options.get("model") or options.get("suite"))
+        spec = checked_weights(spec, models_given=chosen)
     progress = ProfileProgress(enabled=not quiet)
-    with progress.shown():
+    with resumable("profile") as ref, progress.shown():
         run = profile_spec(
             spec,
             opts,
             out=options.get("out"),
             resume=options.get("resume"),
             retry_failed=options.get("retry_failed", False),
-            on_event=progress,
+            on_event=tracked(progress, ref),
         )
     failed = show(run, fmt, opts.top)
     if failed:

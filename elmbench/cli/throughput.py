@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import click
 
+from elmbench.cli.interrupts import RunRef, resumable
 from elmbench.cli.options import Column, as_json, emit
 from elmbench.cli.run_options import (
     MEASURE,
@@ -21,6 +22,7 @@ from elmbench.cli.run_options import (
     run_options,
     spec_from_options,
 )
+from elmbench.errors import ElmbenchError
 from elmbench.suites import SuiteSpec
 
 # The embedded default: OpenELM-270M, random weights, best device, every available RMSNorm
@@ -95,21 +97,34 @@ def _note(row: dict[str, Any]) -> str:
 
 
 class Progress:
-    """A live display on stderr: case i of N, its phase and repetition, elapsed time."""
+    """A live display on stderr: case i of N, its phase and repetition, elapsed time.
+
+    The display starts with the run's first event, so that an error found before the run (the
+    checks of the plan) is the only line on stderr.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.start = time.monotonic()
         self.total = 0
         self.done = 0
+        self.path: Any = None  # the run folder, once the run has one
         self._progress: Any = None
         self._task: Any = None
+        self._stack: ExitStack | None = None
 
     @contextmanager
     def shown(self) -> Iterator[Progress]:
-        """Show the display while the body runs (a plain line per case when stderr is a file)."""
-        if not self.enabled:
-            yield self
+        """Show the display while the body runs (from its first event on)."""
+        with ExitStack() as stack:
+            self._stack = stack
+            try:
+                yield self
+            finally:
+                self._stack = None
+
+    def _start(self) -> None:
+        if not self.enabled or self._progress is not None or self._stack is None:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -120,13 +135,14 @@ class Progress:
             TextColumn("[bold]case"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
             TextColumn("{task.description}"), console=console, transient=False,
         )  # fmt: skip
-        with self._progress:
-            self._task = self._progress.add_task("planning", total=None)
-            yield self
+        self._stack.enter_context(self._progress)
+        self._task = self._progress.add_task("planning", total=None)
 
     def __call__(self, kind: str, event: dict[str, Any]) -> None:
         """Handle one event of `run_spec`."""
+        self._start()
         if kind == "plan":
+            self.path = event["path"]
             self.total, self.done = event["todo"], 0
             for note in event["notes"]:
                 self._say(f"note: {note}")
@@ -160,6 +176,19 @@ class Progress:
             click.echo(text, err=True)
 
 
+def tracked(
+    on_event: Callable[[str, dict[str, Any]], None], ref: RunRef
+) -> Callable[[str, dict[str, Any]], None]:
+    """`on_event`, noting the run folder in `ref` when the run announces it (for an interrupt)."""
+
+    def handle(kind: str, event: dict[str, Any]) -> None:
+        if kind == "plan":
+            ref.path = event["path"]
+        on_event(kind, event)
+
+    return handle
+
+
 def _label(case: Any) -> str:
     shape = (
         f"{case.where}×{case.tokens}"
@@ -175,14 +204,22 @@ def _label(case: Any) -> str:
 def measured_spec(ctx: click.Context, default: SuiteSpec, options: dict[str, Any]) -> SuiteSpec:
     """The spec of a new run from the options, or a resumed run's own (options typed again must
     equal it); every check is made here, before anything runs."""
-    from elmbench.records import check_writable
+    from elmbench.records import check_writable, read_run
     from elmbench.throughput.run import stored_spec
+    from elmbench.throughput.weights import checked_weights
 
     check_session(options)
     check_writable(options.get("out"))
     if not options.get("resume"):
-        return spec_from_options(default, options)
-    return resumed_spec(stored_spec(options["resume"], options.get("out")), given(ctx, options))
+        spec = spec_from_options(default, options)
+        return checked_weights(
+            spec, models_given=bool(options.get("model") or options.get("suite"))
+        )
+    kind = read_run(options["resume"], options.get("out")).meta.kind
+    if kind != "throughput":
+        raise ElmbenchError(f"{options['resume']}: cannot resume a '{kind}' run as 'throughput'")
+    spec = resumed_spec(stored_spec(options["resume"], options.get("out")), given(ctx, options))
+    return checked_weights(spec, models_given=True)
 
 
 def run_and_show(spec: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool) -> None:
@@ -191,13 +228,13 @@ def run_and_show(spec: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool
     from elmbench.throughput.table import case_rows
 
     progress = Progress(enabled=not quiet)
-    with progress.shown():
+    with resumable("throughput") as ref, progress.shown():
         result = run_spec(
             spec,
             out=options.get("out"),
             resume=options.get("resume"),
             retry_failed=options.get("retry_failed", False),
-            on_event=progress,
+            on_event=tracked(progress, ref),
         )
     rows = case_rows(result.records)
     columns = NORM_COLUMNS if spec.kind == "norms" else THROUGHPUT_COLUMNS

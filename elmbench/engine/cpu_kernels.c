@@ -1,6 +1,7 @@
 /* elmbench's CPU decode kernels: fp32 (the GEMV also bf16 weights), contiguous (the GEMV's weights
- * row-major, or as column panels); built once per machine by elmbench.models.cpu_kernels with the
- * system compiler (-O3 -march=native -fopenmp).
+ * row-major, or as column panels); built once per machine by elmbench.engine.cpu_kernels with the
+ * system compiler (-O3 -march=native -fopenmp). README.md beside this file says what they do, and
+ * docs/engine.md what was measured.
  *
  * GCC/Clang vector extensions give 8-float registers (AVX2 on x86, two NEON on arm64) without
  * intrinsics; -march=native picks the instructions. */
@@ -30,19 +31,17 @@ static inline float hsum(vf v) {
 /* ---- GEMV: decode's linears ----------------------------------------------------------------
  * Each thread walks one contiguous range of whole weight rows, front to back: a single sequential
  * stream, the access pattern of a plain sum, which is what the hardware prefetchers keep up with
- * best (interleaving four or eight rows at once read 10-30% slower here). Each weight row is
- * loaded once for up to ROWS_AT_ONCE input rows; with more inputs it is reread from L1/L2.
+ * best (rows interleaved several at a time are several streams). Each weight row is loaded once
+ * for up to ROWS_AT_ONCE input rows; with more inputs it is reread from L1/L2.
  *
  * The input row is reread from L1 for every weight row, so a weight row and the input must fit in
- * L1 together: with rows of 5,120 floats they do not, and the reread input comes from L2 (half
- * the speed of a plain read here). Long rows are therefore stored as column panels: weights
+ * L1 together: with rows of 5,120 floats they do not, and the reread input comes from L2, which
+ * slows the stream. Long rows are therefore stored as column panels: weights
  * (P, N, K/P), each panel contiguous, and y = sum over panels of x[panel] @ w[panel]^T. */
 
 #define ROWS_AT_ONCE 4
-/* No software prefetch: the hardware's keeps up with one stream a thread. A non-temporal prefetch a
- * kilobyte ahead (tried, to keep the stream out of the caches the rest of the step uses) capped
- * the GEMV at about 35 GB/s: 0.55-0.75 of a C sum where the sum read 50-60 GB/s, and 0.90 against
- * 0.97 at 37-41 GB/s; the 270M's decode step took 1.025x as long (30 alternations). */
+/* No software prefetch: the hardware's prefetcher keeps up with one sequential stream a thread,
+ * and none of the hints tried (non-temporal, or into a cache level) beat it (docs/engine.md). */
 
 static float dot(const float *a, const float *b, int64_t k) {
   vf acc = {0};
@@ -76,10 +75,10 @@ static inline float f32_at(const float *p, int64_t j) { return p[j]; }
 /* Work sharing. Each thread owns a contiguous share of a panel's rows and takes it from the front
  * in chunks of about STEAL_BYTES (one sequential stream); a thread that runs out takes chunks from
  * the back of the others' shares. On a shared host one core often runs slower than the other for
- * a while: with a fixed split the faster one waited at the end of every matrix (8-15% of the
- * time here), with stealing it reads on. A share is packed in one atomic word, front << 32 | back.
- * Chunks shrink as a share empties (half of what is left, from STEAL_BYTES down to LAST_BYTES),
- * so that the threads also finish close together: matrices of 2-4 MiB took 1-4% less time. */
+ * a while: with a fixed split the faster one would wait at the end of every matrix; with stealing
+ * it reads on. A share is packed in one atomic word, front << 32 | back. Chunks shrink as a share
+ * empties (half of what is left, from STEAL_BYTES down to LAST_BYTES), so that the threads also
+ * finish close together. */
 #define STEAL_BYTES 262144
 #define LAST_BYTES 16384
 #define MAX_THREADS 256
@@ -110,8 +109,8 @@ static int64_t claim(_Atomic uint64_t *share, int64_t least, int64_t most, int f
  * than it saves. */
 #define DEFINE_GEMV(NAME, WT, LOAD, AT)                                                         \
   /* m (1..ROWS_AT_ONCE) is a constant where this is inlined, so the accumulators stay in       \
-   * registers (indexed by a variable they went to the stack: 0.81 of a plain sum at best here, \
-   * against 0.95 in registers) */                                                              \
+   * registers (indexed by a variable, the compiler keeps them on the stack and every FMA       \
+   * then goes through memory) */                                                               \
   static inline __attribute__((always_inline)) void NAME##_rows_m(                              \
       const WT *w, const float *x, float *y, int64_t k, int64_t ldx, int64_t ldy, int add,      \
       const int64_t m) {                                                                        \
@@ -140,8 +139,8 @@ static int64_t claim(_Atomic uint64_t *share, int64_t least, int64_t most, int f
     }                                                                                           \
   }                                                                                             \
   /* weight rows [r0, r1) of one panel (w, x at its first column) for all m inputs. One input    \
-   * (decode at batch 1) gets the row loop inlined: through a call per row, the 270M's decode   \
-   * matrices read 0.97x as fast when memory ran at 55-65 GB/s (1.00x at 30-35) */              \
+   * (decode at batch 1) gets the row loop inlined, with no call per row through the row-count  \
+   * switch: when memory is fast, that call shows in the read rate */                           \
   static void NAME##_span(const WT *w, const float *x, float *y, int64_t r0, int64_t r1,       \
                           int64_t width, int64_t k, int64_t m, int64_t n, int add) {            \
     if (m == 1) {                                                                               \
@@ -190,7 +189,7 @@ DEFINE_GEMV(elm_gemv_bf16, uint16_t, load_bf16, bf16_at)
  * keeps, per query row of its group, a running max, the sum of exponentials and the weighted sum
  * of V rows; a second pass merges the chunks. Every thread gets work even with few KV heads. */
 
-#define CHUNK 128 /* keys a work item (64: 0.96-1.10x the time in three harness runs) */
+#define CHUNK 128 /* keys a work item; its scores for up to MAX_ROWS rows live on the stack */
 #define MAX_ROWS 64 /* query rows per KV head (group size x rows); more go through BLAS */
 
 typedef int32_t vi __attribute__((vector_size(32)));
@@ -323,11 +322,8 @@ static inline __attribute__((always_inline)) void pv_rows(const float *v, int64_
 /* One chunk of keys [s0, s1) for `rows` query rows (r = g * T + t) of one KV head: scores,
  * softmax, then the V rows, two query rows at a time. In decode the keys arrive from L3 or memory
  * (16 layers' caches, 18 MB at 270M, do not fit L2) and the hardware's prefetcher falls behind,
- * so the score loop prefetches the key block after next itself (16 layers took 0.87-0.93x
- * as long; 8 or 24 keys ahead less so; the thread's whole next chunk up front: 1.02-1.05x).
- * Into L2 (prefetcht1), not L1: between 59 MB GEMVs, 16 layers took 0.93x as long (median of
- * eleven harness runs, 0.88-1.03x); 32 or 64 keys ahead, or the V block too, made no clear
- * difference. */
+ * so the score loop prefetches the key block after next (16 keys ahead) itself, into L2
+ * (prefetcht1), which served better than L1 (docs/engine.md). */
 static void attend_chunk(const float *q, const float *k, const float *v, const int64_t *pos,
                          float *part, int64_t rows, int64_t T, int64_t s0, int64_t s1,
                          int64_t D, float scale) {

@@ -1,23 +1,23 @@
 """CPU decode layout: few-row linears and cached attention through elmbench's CPU kernels.
 
 Decode on a CPU reads every weight once per token, so it runs at the speed of matrix-vector
-products. BLAS sgemv/sgemm with one row (MKL on this class of machine) leaves much of the memory
-bandwidth unused; a plain C kernel in which each thread streams its own contiguous range of weight
-rows (taking chunks of another's when it runs out) reads at close to the read roofline. Like the
-weight prepacking of inference engines, this is decided once per model and batch size: a short
-timed probe keeps, for each kind of matrix, whichever of the kernel and `F.linear` is faster.
+products. BLAS sgemv/sgemm with one row can leave much of the memory bandwidth unused; a plain C
+kernel in which each thread streams its own contiguous range of weight rows (taking chunks of
+another's when it runs out) reads them the way a plain sum does. Like the weight prepacking of
+inference engines, this is decided once per model and batch size: a short timed probe keeps, for
+each kind of matrix, whichever of the kernel and `F.linear` is faster.
 
 Row-major weights already stream, so short rows are not repacked. Rows longer than
 `PANEL_COLUMNS` (the FFN-down matrices of the larger layers, up to 5,120 columns at 270M) are: the
 kernel rereads the input row from L1 for every weight row, and a long weight row pushes it out.
 Such a matrix is stored as column panels (P, N, K / P), each panel contiguous and its rows short
-enough for the input's share to stay in L1; this read 1.3-1.7x faster here. The parameter keeps
-its name and object, its state dict stays (N, K), and longer steps (prefill) run `F.linear` per
-panel, so the weights are not held twice.
+enough for the input's share to stay in L1. The parameter keeps its name and object, its state
+dict stays (N, K), and longer steps (prefill) run `F.linear` per panel, so the weights are not
+held twice.
 
 Cached attention of a few query rows (decode) goes through the attention kernel, which reads only
-the filled part of the KV cache and splits it over threads; SDPA with a mask over the whole
-preallocated cache does several times the work at batch 1. Longer steps (prefill) keep SDPA.
+the filled part of the KV cache and splits it over threads; SDPA with a mask reads and computes
+over the whole preallocated cache at every step. Longer steps (prefill) keep SDPA.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ from elmbench.models.openelm_torch import OpenELM, sdpa_cached
 
 MAX_KERNEL_ROWS = 8  # the GEMV rereads each 4-row block per input row: right for decode only
 # The widest column panel: its weight row and the input's share (8 KiB each in fp32) stay in a
-# 32 KiB L1 together; panels of 1,280-2,048 columns read at 0.90-0.99 of a plain sum here, rows of
-# 5,120 at 0.53-0.76.
+# 32 KiB L1 together.
 PANEL_COLUMNS = 2048
 
 

@@ -1,8 +1,8 @@
 // The CPU kernels of cpu_kernels.c as the CPU implementations of the torch ops elmbench::gemv and
-// elmbench::attend, whose schemas and fake (meta) functions elmbench.models.cpu_kernels defines.
-// Registered from C++, a call costs about 2 us instead of about 10 us through a Python
-// implementation, and inductor's C++ wrapper can call them without Python. Built by
-// elmbench.models.cpu_kernels with the system C++ compiler against torch's headers.
+// elmbench::attend, whose schemas and fake (meta) functions elmbench.engine.cpu_kernels defines.
+// Registered from C++, a call never enters Python, so inductor's C++ wrapper and AOTInductor's
+// libraries run decode without the interpreter. Built by elmbench.engine.cpu_kernels with the
+// system C++ compiler against torch's headers.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -1,12 +1,13 @@
 """CPU tensors in transparent huge pages (Linux): fewer TLB misses when decode streams the weights.
 
 Reading memory in 4 KiB pages costs a page walk every 4 KiB, and on a virtual machine each walk
-goes through two page tables; in 2 MiB pages the same read ran 10-25% faster on this project's
-machine. Where `madvise(MADV_HUGEPAGE)` exists, `huge_empty` backs a tensor with a private
-anonymous mapping aligned to 2 MiB and asks the kernel for huge pages, which it grants as the
-memory is first touched (not guaranteed: it needs free contiguous memory). The torch backend moves
-a CPU model's large parameters there, and the read-bandwidth probe reads such buffers, so decode
-and its roofline see the same kind of memory. `ELMBENCH_HUGEPAGES=off` turns both off.
+goes through two page tables; in 2 MiB pages a stream needs one walk per 2 MiB. Where
+`madvise(MADV_HUGEPAGE)` exists, `huge_empty` backs a tensor with a private anonymous mapping
+aligned to 2 MiB and asks the kernel for huge pages, which it grants as the memory is first
+touched (not guaranteed: it needs free contiguous memory). The engine
+(`--kernels elmbench`) moves a CPU model's large parameters there, and the read-bandwidth probe
+always reads such buffers, so that with the engine decode and its roofline see the same kind of
+memory. `ELMBENCH_HUGEPAGES=off` turns both off.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Each reader streams a float32 buffer far larger than the last-level cache with all threads, and
 the best of a few passes after a warm-up counts; GB/s are 1e9 bytes per second. A roofline must
 not be beaten by a real kernel, so `measure_roofline` keeps the fastest of several readers:
-`torch.sum`, and the streaming GEMV kernel that CPU decode uses (which reads faster on some CPUs).
-Their buffers are in transparent huge pages where the torch backend puts model weights
-(`elmbench.engine.hugepages`), since the page size alone moved reads here by 10-25%.
+`torch.sum`, and the engine's streaming GEMV kernel (which reads faster on some CPUs).
+Their buffers are in transparent huge pages where the engine puts model weights
+(`elmbench.engine.hugepages`), since the page size alone changes how fast a stream reads.
 """
 
 from __future__ import annotations
@@ -134,9 +134,9 @@ def _reader(backend: str, elements: int, threads: int) -> Iterator[tuple[Callabl
     if backend in ("torch", "stream"):
         import torch
 
-        # In huge pages where the torch backend puts a CPU model's weights, so that decode and
-        # its roofline read the same kind of memory; filled with ones, since untouched pages
-        # would all map to the shared zero page.
+        # In huge pages where the engine puts a CPU model's weights, so that decode and its
+        # roofline read the same kind of memory; filled with ones, since untouched pages would
+        # all map to the shared zero page.
         with _torch_threads(threads):
             if backend == "torch":
                 buf = hugepages.huge_empty((elements,), torch.float32).fill_(1.0)

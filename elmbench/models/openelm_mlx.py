@@ -36,6 +36,26 @@ def norm_factory(name: str) -> NormFactory:
     return variant.build
 
 
+def rope_at(head_dim: int, positions: mx.array, base: float) -> tuple[mx.array, mx.array]:
+    """fp32 cos/sin (..., head_dim) at `positions` for rotate-half RoPE over the full head."""
+    inv_freq = 1.0 / (base ** (mx.arange(0, head_dim, 2, dtype=mx.float32) / head_dim))
+    theta = positions.astype(mx.float32)[..., None] * inv_freq
+    emb = mx.concatenate([theta, theta], axis=-1)
+    return mx.cos(emb), mx.sin(emb)
+
+
+def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """Rotate-half RoPE computed in fp32 and cast back, as the released code does."""
+    xf = x.astype(mx.float32)
+    x1, x2 = mx.split(xf, 2, axis=-1)
+    rotated = mx.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# Packed rows (no cache): per-token RoPE cos, sin (B, 1, T, D) and the tree mask (B, 1, T, T).
+Packed = tuple[mx.array, mx.array, mx.array]
+
+
 class KVCache:
     """Preallocated K/V buffers written by slice at a start position.
 
@@ -95,22 +115,34 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         q, k, v = mx.split(qkv, [self.n_q, self.n_q + self.n_kv], axis=1)
         return self.q_norm(q), self.k_norm(k), v
 
-    def __call__(self, x: mx.array, pos: int | None) -> mx.array:
-        return self.attend(*self.project(x), pos)
+    def __call__(self, x: mx.array, pos: int | None, packed: Packed | None = None) -> mx.array:
+        return self.attend(*self.project(x), pos, packed)
 
-    def attend(self, q: mx.array, k: mx.array, v: mx.array, pos: int | None) -> mx.array:
+    def attend(
+        self,
+        q: mx.array,
+        k: mx.array,
+        v: mx.array,
+        pos: int | None,
+        packed: Packed | None = None,
+    ) -> mx.array:
         """RoPE from `pos`, the cache update, causal attention and the output projection."""
         b, _, t, _ = q.shape
-        offset = 0 if pos is None else pos
-        q = self.rope(q, offset)
-        k = self.rope(k, offset)
-        if pos is not None:
-            if self.cache is None:
-                raise RuntimeError("setup_cache() must be called before cached steps")
-            k, v = self.cache.update(pos, k, v)  # (B, H_kv, pos + T, D)
-        # "causal" aligns the last query with the last key, so a chunk at any offset sees its
-        # prefix; a single query sees everything cached, so it needs no mask.
-        mask = "causal" if t > 1 else None
+        mask: mx.array | str | None
+        if packed is not None:  # no cache: each token at its own position, keys as the tree allows
+            cos, sin, mask = packed
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:
+            offset = 0 if pos is None else pos
+            q = self.rope(q, offset)
+            k = self.rope(k, offset)
+            if pos is not None:
+                if self.cache is None:
+                    raise RuntimeError("setup_cache() must be called before cached steps")
+                k, v = self.cache.update(pos, k, v)  # (B, H_kv, pos + T, D)
+            # "causal" aligns the last query with the last key, so a chunk at any offset sees its
+            # prefix; a single query sees everything cached, so it needs no mask.
+            mask = "causal" if t > 1 else None
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, t, self.n_q * self.head_dim)  # (B, T, H_q*D)
         return self.out_proj(out)
@@ -152,8 +184,8 @@ class OpenELMDecoderLayer(nn.Module):
         """h + ffn(ffn_norm(h))."""
         return h + self.ffn(self.ffn_norm(h))
 
-    def __call__(self, x: mx.array, pos: int | None) -> mx.array:
-        h = x + self.attn.attend(*self.attn_inputs_step(x), pos)
+    def __call__(self, x: mx.array, pos: int | None, packed: Packed | None = None) -> mx.array:
+        h = x + self.attn.attend(*self.attn_inputs_step(x), pos, packed)
         return self.ffn_step(h)
 
 
@@ -198,16 +230,34 @@ class OpenELM(nn.Module):
         self, tokens: mx.array, pos: int | None = None, last_only: bool = False
     ) -> mx.array:
         """Logits (B, T, V) for tokens (B, T); with `pos`, a cached step from that position."""
-        x = self.transformer.token_embeddings(tokens)
-        for layer in self.transformer.layers:
-            x = layer(x, pos)
+        x = self.hidden(tokens, pos)
         if last_only:
             x = x[:, -1:]
         return self.head_step(x)
 
+    def hidden(self, tokens: mx.array, pos: int | None, packed: Packed | None = None) -> mx.array:
+        """The decoder layers' output (B, T, d) for tokens (B, T), before the final norm."""
+        x = self.transformer.token_embeddings(tokens)
+        for layer in self.transformer.layers:
+            x = layer(x, pos, packed)
+        return x
+
     def head(self, x: mx.array) -> mx.array:
         """Final norm and the tied head (`as_linear` also serves a quantized embedding)."""
         return self.transformer.token_embeddings.as_linear(self.transformer.norm(x))
+
+    def packed_logits(
+        self, tokens: mx.array, positions: mx.array, mask: mx.array, rows: mx.array
+    ) -> mx.array:
+        """Logits (N, V) at flat indices `rows` (N,) of packed rows (B, T), without a cache.
+
+        Each token has its own position (B, T) and sees the keys `mask` (B, T, T) allows: the
+        tokens of one shared prefix and its branches sit in one row, each branch placed at the
+        positions it would have on its own (see `elmbench.accuracy.packing`).
+        """
+        cos, sin = rope_at(self.config.head_dim, positions, float(self.config.rope_freq_constant))
+        x = self.hidden(tokens, None, (cos[:, None], sin[:, None], mask[:, None]))
+        return self.head_step(x.reshape(-1, x.shape[-1])[rows])
 
     def compile_steps(self) -> list[str]:
         """Put the stateless parts of every step under `mx.compile`; the parts compiled.

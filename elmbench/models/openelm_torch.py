@@ -169,8 +169,11 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         with part("rope"):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if pos is None:
+            # No cache: causal, or packed rows' tree mask (B, 1, T, T) when one is given.
             with part("sdpa"):
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+                )
         else:
             if self.cache is None:
                 raise RuntimeError("setup_cache() must be called before cached steps")
@@ -303,14 +306,46 @@ class OpenELM(nn.Module):
         else:
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]
             mask = self.causal_mask[pos]  # (T, S_max): key j visible to query i iff j <= pos[i]
+        x = self.hidden(tokens, cos, sin, pos, mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pos: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The final norm's output (B, T, d) for tokens (B, T): the head's input."""
         x, ffn_out = self.transformer.token_embeddings(tokens), None
         for layer in self.transformer.layers:
             x, ffn_out = layer(x, ffn_out, cos, sin, pos, mask)
-        x, _ = add_norm(self.transformer.norm, x, ffn_out)
-        if last_only:
-            x = x[:, -1:]
+        normed, _ = add_norm(self.transformer.norm, x, ffn_out)
+        return normed
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The tied head: logits (..., V) of normed hidden states (..., d)."""
         with part("head"):
             return self.head_linear(x, self.transformer.token_embeddings.weight)
+
+    def packed_logits(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (N, V) at flat indices `rows` (N,) of packed rows (B, T), without a cache.
+
+        Each token has its own position (B, T) and sees the keys `mask` (B, T, T) allows: the
+        tokens of one shared prefix and its branches sit in one row, each branch placed at the
+        positions it would have on its own (see `elmbench.accuracy.packing`).
+        """
+        if int(positions.max()) >= self.rope_cos.shape[0]:
+            self.max_seq_len = int(positions.max()) + 1
+            self.reset_buffers(tokens.device)
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        x = self.hidden(tokens, cos, sin, None, mask[:, None])  # (B, T, d); cos, sin (B, 1, T, D)
+        return self.head(x.flatten(0, 1)[rows])
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Run the prompt (B, T) through the cache from position 0; logits of the last position."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from elmbench.errors import UnavailableError, UnknownNameError
+from elmbench.errors import ConfigError, UnavailableError, UnknownNameError
 from elmbench.registry import resolve
 
 BACKENDS = ("torch", "mlx")
@@ -157,10 +157,9 @@ def get_norm(name: str, backend: str = "torch") -> NormVariant:
         return table[name]
     others = [b for b, t in NORMS.items() if b != backend and name in t]
     if others:
-        raise UnknownNameError(
-            f"{backend} norm ('{name}' exists only for the {', '.join(others)} backend)",
-            name,
-            table,
+        raise ConfigError(
+            f"norm '{name}' exists only for the {' and '.join(others)} backend, not {backend}; "
+            f"{backend} norms: {', '.join(sorted(table))}"
         )
     raise UnknownNameError(f"{backend} norm", name, table)
 

@@ -13,8 +13,8 @@ from elmbench.norms import Availability
 
 APEX_HINT = (
     "Build apex.normalization and its fused_layer_norm_cuda extension on a CUDA machine with "
-    "scripts/build_apex.sh (from the vendored shared/third_party/apex-6424da3b.tar.gz; see "
-    "docs/gpu.md); never 'pip install apex': that PyPI package is unrelated"
+    "scripts/build_apex.sh APEX_SOURCE.tar.gz (docs/gpu.md); never 'pip install apex': that PyPI "
+    "package is unrelated"
 )
 
 

@@ -259,7 +259,21 @@ def profile_case(job: Job) -> Iterator[dict[str, Any]]:
         else:
             result.phases.update(one.phases)
     assert result is not None  # parse_phase gives at least one phase
+    _check_finite(target, p)
     yield {"status": "ok", "phases": result.phase_fields(), "ops": result.op_rows()}
+
+
+def _check_finite(target: Any, p: dict[str, Any]) -> None:
+    """After profiling: a greedy generation of the case's shape (one row) has finite logits."""
+    import numpy as np
+
+    from elmbench.measure.finite import check_finite_logits
+
+    rng = np.random.default_rng(p["seed"])
+    prompt = rng.integers(0, target.config.vocab_size, size=(1, p["prompt_tokens"]))
+    generated = target.generate(prompt, p["gen_tokens"])  # (1, N)
+    whole = np.concatenate([prompt, generated[:, :-1]], axis=1)  # (1, P + N - 1)
+    check_finite_logits(target, whole, p["gen_tokens"])
 
 
 def _profile(job: Job, target: Any, phase: str) -> Any:

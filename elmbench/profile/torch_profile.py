@@ -22,7 +22,7 @@ from torch import nn
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, record_function
 
-from elmbench.backends import Backend, ModelSpec, create_backend
+from elmbench.backends import Backend, ModelSpec, create_backend, decode_steps
 from elmbench.errors import ConfigError, ElmbenchError
 from elmbench.models import openelm_torch
 from elmbench.models.openelm_torch import PART_PREFIX
@@ -206,8 +206,7 @@ def _iteration(loop: _Loop, prompt: Any, phase: str, gen_tokens: int, labelled: 
         if phase == "prefill":
             tok = loop.prefill(prompt)
         else:
-            for i in range(gen_tokens):
-                tok = loop.decode(tok, t + i)
+            tok = decode_steps(loop.decode, tok, t, gen_tokens)[-1]
         loop.sync(tok)
     return 1e3 * (time.perf_counter() - start)
 

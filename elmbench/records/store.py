@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +85,13 @@ def check_writable(root: str | Path | None) -> Path:
         raise ElmbenchError(
             f"--out {base}: {probe} is not writable by this user; give a folder you can write in"
         )
+    try:  # permissions do not tell all (a read-only file system, root's access): try it
+        os.rmdir(tempfile.mkdtemp(prefix=".elmbench-check-", dir=probe))
+    except OSError as exc:
+        raise ElmbenchError(
+            f"--out {base}: cannot write in {probe} ({exc.strerror or exc}); give a folder you can "
+            "write in"
+        ) from None
     return base
 
 

@@ -358,12 +358,13 @@ class AccuracyRecord(Record):
     weights_sha256: str | None = None
     blas: str | None = None  # MLX on Linux: the BLAS its CPU products ran on
     limit: int | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # rows per forward, or "auto"
     requests: int = 0  # answered by the model in this process (cached ones excluded)
     forwards: int = 0
     input_tokens: int = 0  # tokens scored, without padding
     padded_tokens: int = 0  # with the batches' padding
     computed_tokens: int | None = None  # tokens the model actually computed (shared prefixes once)
+    share_prefix: bool = True  # a document's choices scored in one packed row
     eval_s: float = 0.0  # seconds in the model adapter
     requests_per_s: float | None = None
     input_tokens_per_s: float | None = None

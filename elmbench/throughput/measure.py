@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from elmbench.backends import Backend, ModelSpec, create_backend
+from elmbench.backends import Backend, ModelSpec, create_backend, decode_steps
 from elmbench.backends.isolate import Job, report_progress
-from elmbench.errors import ConfigError
+from elmbench.errors import ConfigError, ElmbenchError
 from elmbench.measure import cpuwait
+from elmbench.measure.finite import check_finite_logits
 from elmbench.measure.protocol import INTERLEAVED, SEQUENTIAL, Protocol, Session, Timer
 
 _loaded: tuple[str, Backend] | None = None  # the worker keeps the last model for the next case
@@ -114,10 +115,8 @@ class ThroughputCase:
         before = cpuwait.snapshot()
         with timer.section("decode"):
             own, cpu = self._own(), time.thread_time()
-            for i in range(new - 1):
-                tok = backend.decode(tok, prompt_len + i)
-                self.tokens.append(tok)
-            backend.synchronize(tok)
+            self.tokens.extend(decode_steps(backend.decode, tok, prompt_len, new - 1))
+            backend.synchronize(self.tokens[-1])
             if self.slowdown:  # test-only: a known regression for compare's A/B check
                 spin(self.slowdown * (time.thread_time() - cpu))
             self._own_wait("decode", own)
@@ -177,6 +176,9 @@ class ThroughputCase:
                 "one process, whose memory they share"
             )
         generated = np.concatenate([backend.to_numpy(t) for t in self.tokens], axis=1)
+        # Untimed: the logits that chose each generated token of the first row must be finite.
+        whole = np.concatenate([self.prompt[:1], generated[:1, :-1]], axis=1)  # (1, P + N - 1)
+        check_finite_logits(backend, whole, self.new)
         warnings = []
         if self.slowdown:
             warnings.append(
@@ -259,6 +261,10 @@ def throughput_interleaved(jobs: list[Job]) -> Iterator[dict[str, Any]]:
         for case in list(active):
             if case.step():
                 active.remove(case)
-                yield {"case_id": case.job.case_id, **case.result(shared_process=len(cases))}
+                try:
+                    result = case.result(shared_process=len(cases))
+                except ElmbenchError as exc:  # this case fails (non-finite logits); others go on
+                    result = {"status": "failed", "reason": str(exc)}
+                yield {"case_id": case.job.case_id, **result}
     cases.clear()
     gc.collect()

@@ -69,17 +69,18 @@ def resolve_devices(spec: SuiteSpec) -> dict[str, ResolvedDevice]:
         device = resolve_device(spec.device, spec.backend)
         return {device.backend: device}
     found: dict[str, ResolvedDevice] = {}
-    first_error: ElmbenchError | None = None
+    errors: list[ElmbenchError] = []
     for backend in ("torch", "mlx"):
         try:
             device = resolve_device(spec.device, backend)
         except (ConfigError, UnavailableError) as exc:
-            first_error = first_error or exc
+            errors.append(exc)
             continue
         found[device.backend] = device
     if not found:
-        assert first_error is not None
-        raise first_error
+        # The backend that owns the device says why it is not here ("MLX on Apple silicon is not
+        # available"); the other one only says it cannot use such a device.
+        raise next((e for e in errors if isinstance(e, UnavailableError)), errors[0])
     return found
 
 
