@@ -67,3 +67,22 @@ def test_this_process_reports_a_wait_for_each_live_thread() -> None:
     finally:
         stop.set()
         worker.join()
+
+
+def test_the_measuring_threads_own_wait_and_the_on_cpu_rate(tmp_path: Path) -> None:
+    from elmbench.records import Estimate
+    from elmbench.throughput.metrics import _on_cpu
+
+    own = tmp_path / "schedstat"
+    own.write_text("123 4500000 9\n")
+    assert cpuwait.own_wait_ns(own) == 4_500_000
+    assert cpuwait.own_wait_ns(tmp_path / "absent") is None
+    # 100 tokens in 0.5 s of which the thread waited 0.1 s for a CPU: 250 tokens/s on the CPU
+    rate = _on_cpu(100, [0.5, 0.4], [0.1, 0.0], threads=1)
+    assert isinstance(rate, Estimate) and rate.raw == pytest.approx((250.0, 250.0))
+    several = _on_cpu(100, [0.5], [0.1], threads=2)
+    assert isinstance(several, str) and "needs one CPU thread (threads: 2)" in several
+    unknown = _on_cpu(100, [0.5], [None], threads=1)
+    assert isinstance(unknown, str) and "not measured" in unknown
+    if cpuwait.THREAD_SELF.exists():
+        assert (cpuwait.own_wait_ns() or 0) >= 0

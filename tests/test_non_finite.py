@@ -143,3 +143,21 @@ def test_non_finite_log_likelihoods_fail_the_task_and_the_run_goes_on(
         assert again.exit_code == 1, again.output
         lines = (run / "records.jsonl").read_text().splitlines()
         assert len(lines) == len(ids) and [r.case_id for r in read_run(run).records] == ids
+
+
+def test_in_an_interleaved_group_a_non_finite_case_fails_alone(
+    overflowing: Path, write_checkpoint: Any
+) -> None:
+    from elmbench.backends.isolate import Group
+
+    timing = {"warmup": 0, "repetitions": 2, "min_seconds": 0.0}
+    bad = _job("elmbench.throughput.measure:throughput", overflowing, **timing)
+    healthy = _job("elmbench.throughput.measure:throughput",
+                   write_checkpoint(get_config("tiny"), name="healthy"), **timing)  # fmt: skip
+    good = replace(healthy, spec={**healthy.spec, "dtype": "float32"}, case_id="good")
+    records = run_isolated([Group("elmbench.throughput.measure:throughput_interleaved",
+                                  (bad, good))])  # fmt: skip
+    status = {r["case_id"]: r["status"] for r in records}
+    assert status == {"case": "failed", "good": "ok"}
+    failed = next(r for r in records if r["case_id"] == "case")
+    assert failed["reason"].startswith("non-finite logits (NaN or infinity) at ")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,17 +43,40 @@ class Job:
     case_id: str = ""
 
 
+@dataclass(frozen=True)
+class Group:
+    """Jobs a worker runs interleaved: `task` ("module:attr") takes them all and yields a record
+    per job (each with its `case_id`) as each finishes."""
+
+    task: str
+    jobs: tuple[Job, ...]
+
+    @property
+    def backend(self) -> str:
+        """The backend of its jobs (one per group)."""
+        return self.jobs[0].backend
+
+
+Unit = Job | Group  # what a worker runs at once: one job, or a group of jobs interleaved
+
+
+def _jobs(unit: Unit) -> tuple[Job, ...]:
+    return unit.jobs if isinstance(unit, Group) else (unit,)
+
+
 def run_isolated(
-    jobs: list[Job],
+    jobs: list[Unit],
     on_record: Callable[[dict[str, Any]], None] | None = None,
     python: str = sys.executable,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run jobs in one child process per backend, in order; return (and stream) their records."""
-    groups: dict[str, list[Job]] = {}
+    """Run jobs (and interleaved groups of jobs) in one child process per backend, in order;
+    return (and stream) their records. `env` is added to every worker's environment."""
+    groups: dict[str, list[Unit]] = {}
     for job in jobs:
         groups.setdefault(job.backend, []).append(job)
-    envs = {backend: worker_env(backend) for backend in groups}  # errors before any work
+    envs = {backend: worker_env(backend) | dict(env or {}) for backend in groups}
     records = []
     for backend, group in groups.items():
         for record in _run_group(backend, group, python, on_progress, envs[backend]):
@@ -77,35 +100,40 @@ def worker_env(backend: str) -> dict[str, str]:
 
 def _run_group(
     backend: str,
-    jobs: list[Job],
+    units: list[Unit],
     python: str,
     on_progress: Callable[[dict[str, Any]], None] | None,
     env: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
-    """Run jobs in a worker; when it dies, the running case fails and a new worker goes on."""
-    pending = list(jobs)
+    """Run units in a worker; when it dies, the running unit's unreported cases fail and a new
+    worker goes on with the next unit."""
+    pending = list(units)
     while pending:
         seen: set[str] = set()
         exit_code: list[int] = []
         for record in _run_worker(pending, python, on_progress, exit_code, env):
             seen.add(record.get("case_id", ""))
             yield record
-        rest = [j for j in pending if j.case_id not in seen]
-        if rest:  # the worker died in the first unreported case
+        rest = [u for u in pending if any(j.case_id not in seen for j in _jobs(u))]
+        if rest:  # the worker died in the first unit with an unreported case
             reason = f"{backend} worker process exited with {_exit_text(exit_code[0])}"
-            yield _failed(rest[0], reason)
+            if isinstance(rest[0], Group):
+                reason += f" while it ran {len(rest[0].jobs)} cases interleaved"
+            for job in _jobs(rest[0]):
+                if job.case_id not in seen:
+                    yield _failed(job, reason)
         pending = rest[1:]
 
 
 def _run_worker(
-    jobs: list[Job],
+    jobs: list[Unit],
     python: str,
     on_progress: Callable[[dict[str, Any]], None] | None,
     exit_code: list[int],
     env: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
     """Stream one worker's records; its exit status is appended to `exit_code`."""
-    payload = "\n".join(json.dumps(asdict(j)) for j in jobs) + "\n"
+    payload = "\n".join(json.dumps(asdict(j)) for j in jobs) + "\n"  # a Group has "jobs"
     proc = subprocess.Popen(
         [python, "-m", "elmbench.backends.isolate"],
         stdin=subprocess.PIPE,
@@ -158,6 +186,26 @@ def execute(job: Job) -> Iterator[dict[str, Any]]:
         yield _failed(job, f"{type(exc).__name__}: {exc} ({tail})")
 
 
+def execute_group(group: Group) -> Iterator[dict[str, Any]]:
+    """Run an interleaved group in this process; on an error, its unreported cases fail."""
+    from elmbench.registry import resolve
+
+    reported: set[str] = set()
+    try:
+        for record in resolve(group.task)(list(group.jobs)):
+            reported.add(record["case_id"])
+            yield {"backend": group.backend, **record}
+    except Exception as exc:  # as in `execute`: the failure is recorded, the run goes on
+        if isinstance(exc, ElmbenchError):
+            reason = str(exc)
+        else:
+            tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            reason = f"{type(exc).__name__}: {exc} ({tail})"
+        for job in group.jobs:
+            if job.case_id not in reported:
+                yield _failed(job, reason)
+
+
 def _emit(mark: str, payload: dict[str, Any]) -> None:
     sys.stdout.write(mark + json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -192,8 +240,13 @@ def _main() -> None:
         for line in sys.stdin:
             if not line.strip():
                 continue
-            job = Job(**json.loads(line))
-            for record in execute(job):
+            data = json.loads(line)
+            if "jobs" in data:
+                group = Group(data["task"], tuple(Job(**j) for j in data["jobs"]))
+                for record in execute_group(group):
+                    _emit(MARK, record)
+                continue
+            for record in execute(Job(**data)):
                 _emit(MARK, record)
     except BrokenPipeError:  # the parent is gone: no one reads the records, so end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit

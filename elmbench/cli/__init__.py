@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "elmbench.cli.profile",
     "elmbench.cli.accuracy",
     "elmbench.cli.info",
+    "elmbench.cli.report",
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TASKS = Path("/proc/self/task")
+THREAD_SELF = Path("/proc/thread-self/schedstat")
 
 Snapshot = dict[str, int]  # thread id -> nanoseconds waited on a run queue so far
 
@@ -31,6 +32,15 @@ def snapshot(tasks: Path = TASKS) -> Snapshot | None:
         except (OSError, IndexError, ValueError):  # a thread that ended meanwhile, or no schedstat
             continue
     return waited or None
+
+
+def own_wait_ns(path: Path = THREAD_SELF) -> int | None:
+    """The calling thread's run-queue wait so far (exact: a running thread's count is current);
+    None where the system does not report it."""
+    try:
+        return int(path.read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def waited_s(before: Snapshot | None, tasks: Path = TASKS) -> float | None:

@@ -1,5 +1,6 @@
 """The measurement protocol: warm-up, then repetitions until a minimum count AND a minimum time
-(and, on demand, until the median is known to a chosen precision, under a time cap).
+(and, on demand, until the median is known to a chosen precision, under a time cap); cases can
+run one after another or interleaved, a repetition of each in turn.
 
 Every timed region is bracketed by the device sync; sections (prefill, decode) are timed inside a
 repetition with the same clock and sync. `Timing` keeps every raw value, in seconds.
@@ -21,6 +22,8 @@ from elmbench.records.codec import to_json
 from elmbench.records.types import ProtocolInfo
 
 TOTAL = "total"  # the section that spans each whole repetition
+SEQUENTIAL, INTERLEAVED = "sequential", "interleaved"
+ORDERS = (SEQUENTIAL, INTERLEAVED)
 _SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _FSUM_SLACK_S = 1e-9  # float rounding must not cost a repetition when the sum meets min_seconds
 
@@ -93,6 +96,7 @@ class Timing:
     sections: dict[str, tuple[float, ...]]  # TOTAL first; one value per repetition
     warmup_s: tuple[float, ...] = ()  # the warm-up calls (compile time shows here), excluded
     stopped_by: str = "minimums"  # minimums | precision | max_repetitions | max_seconds
+    order: str = "sequential"  # sequential | interleaved: how the run ordered its cases
     _stats: dict[str, Summary] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,11 +133,17 @@ class Timing:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per unstable section, and one when a cap cut the measurement short."""
+        """One line per unstable section, and one when a cap cut the measurement short.
+
+        A run that reached its precision target is not flagged for its spread: the interval of
+        each median, not the coefficient of variation, says how well it is known.
+        """
         out = []
         limit = f"{self.protocol.max_cv:.0%}"
         for name in self.sections:
             st = self.stats(name)
+            if self.stopped_by == "precision":
+                continue
             if st.cv is None:
                 out.append(
                     f"timing of '{name}' has {st.n} repetition(s): its variation is unknown; "
@@ -185,6 +195,7 @@ class Timing:
             warmup_raw_s=self.warmup_s,
             precision_pct=p.precision_pct,
             max_seconds=p.max_seconds,
+            order=self.order,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -211,6 +222,78 @@ def _precise(sections: Mapping[str, list[float]], target_pct: float) -> bool:
     return True
 
 
+class Session:
+    """One case's protocol, a repetition at a time: `warm_up()`, then `step()` until it returns
+    True. `run_protocol` drives one session; an interleaved run drives several in turn, so that
+    repetition r of every case runs before repetition r + 1 of any."""
+
+    def __init__(
+        self,
+        fn: Callable[[Timer], object],
+        protocol: Protocol | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sync: Callable[[], object] = lambda: None,
+        on_repetition: Callable[[int, float], object] | None = None,
+        order: str = SEQUENTIAL,
+    ) -> None:
+        if order not in ORDERS:
+            raise ConfigError(f"order '{order}': allowed: {', '.join(ORDERS)}")
+        self.fn, self.clock, self.sync = fn, clock, sync
+        self.protocol = protocol or Protocol()
+        self.on_repetition = on_repetition
+        self.order = order
+        self.warmup_s: list[float] = []
+        self.sections: dict[str, list[float]] = {TOTAL: []}
+        self.stopped_by: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the protocol is met (or a cap reached)."""
+        return self.stopped_by is not None
+
+    def warm_up(self) -> None:
+        """The protocol's warm-up calls, timed and kept apart from the repetitions."""
+        for _ in range(self.protocol.warmup):
+            self.sync()
+            start = self.clock()
+            self.fn(Timer(self.clock, self.sync))
+            self.sync()
+            self.warmup_s.append(self.clock() - start)
+
+    def step(self) -> bool:
+        """One measured repetition; True once the protocol says to stop."""
+        if self.done:
+            return True
+        sections = self.sections
+        timer = Timer(self.clock, self.sync)
+        self.sync()
+        start = self.clock()
+        extra = self.fn(timer)
+        self.sync()
+        elapsed = self.clock() - start
+        done = len(sections[TOTAL])  # repetitions before this one
+        _add(sections, TOTAL, elapsed, done)
+        for name, seconds in {**timer.sections, **_extra(extra, timer.sections)}.items():
+            _add(sections, name, seconds, done)
+        done += 1
+        _check_aligned(sections, done)
+        measured = math.fsum(sections[TOTAL])
+        if self.on_repetition is not None:
+            self.on_repetition(done, measured)
+        self.stopped_by = _stop(self.protocol, sections, done, measured)
+        return self.done
+
+    def timing(self) -> Timing:
+        """Every raw value so far, with the protocol and why it stopped."""
+        return Timing(
+            self.protocol,
+            {name: tuple(values) for name, values in self.sections.items()},
+            tuple(self.warmup_s),
+            self.stopped_by or "minimums",
+            self.order,
+        )
+
+
 def run_protocol(
     fn: Callable[[Timer], object],
     protocol: Protocol | None = None,
@@ -224,41 +307,11 @@ def run_protocol(
     seconds it measured itself (any other return value is ignored). `on_repetition(done,
     measured_s)` is called after each repetition, for progress displays.
     """
-    protocol = protocol or Protocol()
-    warmup = []
-    for _ in range(protocol.warmup):
-        sync()
-        start = clock()
-        fn(Timer(clock, sync))
-        sync()
-        warmup.append(clock() - start)
-
-    sections: dict[str, list[float]] = {TOTAL: []}
-    while True:
-        timer = Timer(clock, sync)
-        sync()
-        start = clock()
-        extra = fn(timer)
-        sync()
-        elapsed = clock() - start
-        done = len(sections[TOTAL])  # repetitions before this one
-        _add(sections, TOTAL, elapsed, done)
-        for name, seconds in {**timer.sections, **_extra(extra, timer.sections)}.items():
-            _add(sections, name, seconds, done)
-        done += 1
-        _check_aligned(sections, done)
-        measured = math.fsum(sections[TOTAL])
-        if on_repetition is not None:
-            on_repetition(done, measured)
-        stop = _stop(protocol, sections, done, measured)
-        if stop is not None:
-            break
-    return Timing(
-        protocol,
-        {name: tuple(values) for name, values in sections.items()},
-        tuple(warmup),
-        stop,
-    )
+    session = Session(fn, protocol, clock, sync, on_repetition)
+    session.warm_up()
+    while not session.step():
+        pass
+    return session.timing()
 
 
 def _stop(

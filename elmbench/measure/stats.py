@@ -1,4 +1,5 @@
-"""The one statistics helper: median, spread and a distribution-free interval of the median.
+"""The one statistics helper: median, spread and a distribution-free interval of the median;
+the ratio of two runs' medians with its interval and a rank test, for `compare`.
 
 Benchmark repetitions are few and not normal (a shared machine adds long tails), so the interval
 of the median comes from order statistics: [x_(k), x_(n+1-k)] covers the true median with
@@ -12,6 +13,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 LEVEL = 0.95
 
@@ -85,3 +87,86 @@ class Summary:
         if self.ci_level == 0.0 or self.median == 0 or not math.isfinite(self.median):
             return None
         return 50.0 * (self.ci_high - self.ci_low) / abs(self.median)
+
+
+@dataclass(frozen=True)
+class RatioTest:
+    """Two independent samples of a figure: the ratio of medians (new / base), its interval, and
+    a Mann-Whitney U test of whether the two come from the same distribution."""
+
+    n_base: int
+    n_new: int
+    ratio: float  # median(new) / median(base)
+    ci_low: float | None  # bootstrap percentile interval of the ratio (None below 2 values each)
+    ci_high: float | None
+    ci_level: float
+    p_value: float | None  # two-sided Mann-Whitney U (None below 2 values each)
+    min_p_value: float | None  # the smallest p-value these sample sizes can give at all
+
+    @property
+    def ci_half_width_pct(self) -> float | None:
+        """The interval's larger distance from the ratio, in % of the ratio (log scale)."""
+        if self.ci_low is None or self.ci_high is None or self.ratio <= 0 or self.ci_low <= 0:
+            return None
+        wider = max(math.log(self.ci_high / self.ratio), math.log(self.ratio / self.ci_low))
+        return 100.0 * math.expm1(wider)
+
+
+BOOTSTRAP_RESAMPLES = 4999
+BOOTSTRAP_SEED = 0  # fixed: the same two runs always give the same interval
+
+
+def ratio_test(base: Sequence[float], new: Sequence[float], level: float = LEVEL) -> RatioTest:
+    """Ratio of medians with a bootstrap interval, and the two-sided Mann-Whitney U p-value.
+
+    The repetitions of each run are resampled independently (the runs are not paired); the
+    interval is the percentile interval of the resampled ratios, seeded so that it is
+    reproducible. The test uses the exact U distribution where it can (small samples, no ties).
+    """
+    import numpy as np
+    from scipy.stats import bootstrap, mannwhitneyu
+
+    if not base or not new:
+        raise ValueError("a ratio test needs at least one value on each side")
+    ratio = float(statistics.median(new)) / float(statistics.median(base))
+    if len(base) < 2 or len(new) < 2:
+        return RatioTest(len(base), len(new), ratio, None, None, level, None, None)
+
+    def median_ratio(y: Any, x: Any, axis: int = -1) -> Any:
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+    boot = bootstrap(
+        (np.asarray(new, dtype=float), np.asarray(base, dtype=float)),
+        median_ratio,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        paired=False,
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    p_value = float(mannwhitneyu(new, base, alternative="two-sided").pvalue)
+    return RatioTest(
+        len(base), len(new), ratio, low, high, level, p_value, min_p_value(len(base), len(new))
+    )
+
+
+def min_p_value(n_base: int, n_new: int) -> float:
+    """The smallest two-sided Mann-Whitney p-value two samples of these sizes can reach.
+
+    All of one sample above all of the other is the most extreme ordering: 2 / C(n + m, n).
+    """
+    return min(1.0, 2.0 / math.comb(n_base + n_new, n_base))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None stays None): a family of tests at one level."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    count = len(ranked)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(ranked):
+        running = max(running, min(1.0, (count - rank) * p))
+        adjusted[index] = running
+    return adjusted

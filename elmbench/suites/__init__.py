@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 SUITES_DIR = Path(__file__).resolve().parent  # the shipped suite files sit beside this module
 KINDS = ("throughput", "norms")
 COMPILE_MODES = ("none", "inductor", "cudagraphs", "aoti", "mx.compile")
+ORDERS = ("sequential", "interleaved")  # how a throughput run orders its cases' repetitions
 
 
 class SuiteError(ElmbenchError):
@@ -52,6 +53,8 @@ class SuiteSpec:
     min_seconds: float = 2.0
     precision_pct: float | None = None  # repeat until the median's 95% interval is within +-this %
     max_seconds: float | None = None  # the time cap per case that goes with precision_pct
+    order: str = "sequential"  # or interleaved: repetition r of every case before r + 1 of any
+    threads: int | None = None  # CPU threads of each worker (OMP_NUM_THREADS); None: as set
     seed: int = 0
     norm_tokens: tuple[int, ...] = (1, 512)  # kind 'norms': rows per call of the micro-benchmark
     quantize: int | None = None  # MLX: quantize weights on load to 4 or 8 bits
@@ -173,6 +176,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "min_seconds": _non_negative_float,
     "precision_pct": lambda v: None if v is None else _positive_float(v),
     "max_seconds": lambda v: None if v is None else _positive_float(v),
+    "order": _choice(ORDERS),
+    "threads": lambda v: None if v is None else _int_at_least(1)(v),
     "seed": _int_at_least(0),
     "norm_tokens": _positive_ints,
     "quantize": lambda v: None if v is None else _choice_int((4, 8))(v),
@@ -221,6 +226,11 @@ def load_suite(path: str | Path) -> SuiteSpec | AccuracySuite:
 def check_spec(spec: SuiteSpec) -> None:
     """What a spec names must exist: models and norms in their registries, the weights on disk
     (whether they run on this machine is checked at run)."""
+    if spec.kind == "norms" and spec.order != "sequential":
+        raise SuiteError(
+            f"{spec.source}: key 'order': the norm micro-benchmark runs its cases one after "
+            "another (order: sequential); interleaving applies to throughput suites"
+        )
     if spec.weights is not None and not Path(spec.weights).exists():
         raise SuiteError(
             f"{spec.source}: key 'weights': {spec.weights}: no such file or folder "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from elmbench.backends.isolate import Job, run_isolated
+from elmbench.backends.isolate import Job, Unit, run_isolated
 from elmbench.records import Context, Record, RunWriter
 from elmbench.suites import SuiteSpec
 from elmbench.throughput.plan import Case, Plan
@@ -54,23 +54,29 @@ def execute(
     key: Callable[[Case], str],
     records: Callable[[Case, dict[str, Any]], Sequence[Record]],
     on_event: Callable[[str, Event], None],
+    units: Callable[[list[tuple[Case, Job]]], list[Unit]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> int:
     """Run the plan's cases that are not `done` and append their `records`; returns how many ran.
+
+    `units` may gather the jobs into groups that a worker runs interleaved (default: one by one);
+    `env` is added to the workers' environment.
 
     Events: ('plan', {cases, todo, path, notes}), ('progress', worker event with 'index' and
     'case'), ('case', {index, case, records}).
     """
     todo: dict[str, tuple[int, Case]] = {}
-    jobs = []
+    pairs: list[tuple[Case, Job]] = []
     for index, case in enumerate(plan.cases, 1):
         if done(case):
             continue
         case_key = key(case)
         todo[case_key] = (index, case)
-        jobs.append(job(case, case_key))
+        pairs.append((case, job(case, case_key)))
+    jobs: list[Unit] = units(pairs) if units is not None else [j for _, j in pairs]
     on_event(
         "plan",
-        {"cases": len(plan.cases), "todo": len(jobs), "path": writer.path, "notes": plan.notes},
+        {"cases": len(plan.cases), "todo": len(pairs), "path": writer.path, "notes": plan.notes},
     )
 
     def on_record(result: dict[str, Any]) -> None:
@@ -83,6 +89,6 @@ def execute(
         index, case = todo[event["case_id"]]
         on_event("progress", {**event, "index": index, "case": case})
 
-    run_isolated(jobs, on_record=on_record, on_progress=on_progress)
+    run_isolated(jobs, on_record=on_record, on_progress=on_progress, env=env)
     writer.finish()
-    return len(jobs)
+    return len(pairs)

@@ -2,6 +2,7 @@
 
 Definitions follow the released MLX script: prefill tokens/s = prompt tokens / time to the first
 token; decode tokens/s = tokens from cached steps / their time; total = all tokens / total time.
+The on-CPU rates take out the time the (one) thread waited while other tasks held the CPU.
 Each figure is the median over repetitions with its interval (`Estimate`); a figure that needs a
 peak this device does not publish is left out with the reason (`skipped`), never guessed.
 """
@@ -38,6 +39,8 @@ THROUGHPUT_METRICS = (
     "prefill_flop_per_s",
     "prefill_mfu_pct",
     "decode_cpu_wait_ms",
+    "prefill_on_cpu_tokens_per_s",
+    "decode_on_cpu_tokens_per_s",
 )
 NORM_METRICS = ("norm_call_us", "norm_bandwidth_gb_per_s", "norm_roofline_pct")
 
@@ -121,6 +124,28 @@ def _cpu_wait(waits: Sequence[float | None] | None) -> Estimate | str:
     return _scaled(1e3, [w for w in waits if w is not None], "ms")
 
 
+def _on_cpu(
+    amount: float,
+    seconds: Sequence[float],
+    waits: Sequence[float | None] | None,
+    threads: object,
+) -> Estimate | str:
+    """amount / (section seconds - the measuring thread's run-queue wait) per repetition: the
+    rate with the time other tasks held the CPU taken out, or why there is none. Exact for one
+    compute thread only: with several, the others' waits also stall the step."""
+    if threads != 1:
+        return (
+            f"needs one CPU thread (threads: {threads}): with several, the others' waits "
+            "stall a step too (a suite's threads: 1 measures it)"
+        )
+    if not waits or None in waits or len(waits) != len(seconds):
+        return "not measured: this system reports no per-thread run-queue times (Linux's schedstat)"
+    on_cpu = [s - (w or 0.0) for s, w in zip(seconds, waits, strict=True)]
+    if min(on_cpu) <= 0:
+        return "not measured: a repetition's wait was as long as the repetition"
+    return Estimate.of([amount / s for s in on_cpu], "tokens/s")
+
+
 def throughput_record(
     case: Case, result: dict[str, Any], device: ResolvedDevice, context: Context
 ) -> ThroughputRecord:
@@ -140,10 +165,14 @@ def throughput_record(
         "prefill_tokens_per_s": _rate(b * p, prefill, "tokens/s"),
         "prefill_ms": _scaled(1e3, prefill, "ms"),
         "total_tokens_per_s": _rate(b * (p + n), total, "tokens/s"),
-        "peak_memory_bytes": Estimate.single(result["peak_memory_bytes"], "bytes"),
         "prefill_flop_per_s": _rate(flops, prefill, "FLOP/s"),
     }
     skipped: dict[str, str] = {}
+    peak_kind = result["peak_memory_kind"]
+    if result["peak_memory_bytes"] is None:  # interleaved cases share one process's memory
+        skipped["peak_memory_bytes"], peak_kind = peak_kind, ""
+    else:
+        metrics["peak_memory_bytes"] = Estimate.single(result["peak_memory_bytes"], "bytes")
     roofline = None
     if steps > 0:
         metrics["decode_tokens_per_s"] = _rate(b * steps, decode, "tokens/s")
@@ -152,7 +181,10 @@ def throughput_record(
         metrics["decode_bandwidth_gb_per_s"] = bandwidth
         pct, roofline = _roofline(device, result.get("case_membw") or [], bandwidth)
         wait = _cpu_wait(result.get("decode_cpu_wait_raw_s"))
-        for name, value in (("decode_roofline_pct", pct), ("decode_cpu_wait_ms", wait)):
+        on_cpu = _on_cpu(b * steps, decode, result.get("decode_thread_wait_raw_s"),
+                         desc.get("threads"))  # fmt: skip
+        for name, value in (("decode_roofline_pct", pct), ("decode_cpu_wait_ms", wait),
+                            ("decode_on_cpu_tokens_per_s", on_cpu)):  # fmt: skip
             if isinstance(value, str):
                 skipped[name] = value
             else:
@@ -162,6 +194,12 @@ def throughput_record(
         for name in THROUGHPUT_METRICS:
             if name.startswith("decode_"):
                 skipped[name] = reason
+    prefill_on_cpu = _on_cpu(b * p, prefill, result.get("prefill_thread_wait_raw_s"),
+                             desc.get("threads"))  # fmt: skip
+    if isinstance(prefill_on_cpu, str):
+        skipped["prefill_on_cpu_tokens_per_s"] = prefill_on_cpu
+    else:
+        metrics["prefill_on_cpu_tokens_per_s"] = prefill_on_cpu
     peak_flops = device.profile.peak_flop_per_s(case.dtype)
     if peak_flops:
         mfu = [100 * flops / s / peak_flops for s in prefill]
@@ -177,14 +215,14 @@ def throughput_record(
         metrics=metrics,
         skipped=skipped,
         sections_raw_s=sections,
-        warnings=tuple(timing["warnings"]),
+        warnings=(*timing["warnings"], *result.get("extra_warnings", ())),
         num_params=num_params,
         num_norms=facts.num_norms,
         weight_bytes=weight_bytes,
         prefill_flops=flops,
         decode_bytes=moved,
         roofline=roofline,
-        peak_memory_kind=result["peak_memory_kind"],
+        peak_memory_kind=peak_kind,
         load_s=result.get("load_s"),
         generated_head=tuple(result.get("generated_head") or ()),
         describe=desc,

@@ -1,4 +1,5 @@
-"""Run a throughput or norm-benchmark spec: plan, roofline probe, isolated workers, records.
+"""Run a throughput or norm-benchmark spec: plan, roofline probe, isolated workers, records;
+throughput cases one after another or interleaved (a repetition of each in turn).
 
 Each finished case's records are appended (flushed, fsynced) as soon as its worker reports it, so
 an interrupted run loses no finished case and `resume` measures only what is missing.
@@ -6,22 +7,34 @@ an interrupted run loses no finished case and `resume` measures only what is mis
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from elmbench.backends.isolate import Job
+from elmbench.backends.isolate import Group, Job, Unit
+from elmbench.dtypes import BYTES
+from elmbench.measure.protocol import INTERLEAVED
 from elmbench.records import Record, RunWriter, open_run, read_run, resume_run, run_path
 from elmbench.suites import SuiteSpec
 from elmbench.throughput.execute import case_context, execute, model_spec
-from elmbench.throughput.metrics import failed_record, norm_record, throughput_record
+from elmbench.throughput.metrics import (
+    failed_record,
+    model_facts,
+    norm_record,
+    throughput_record,
+)
 from elmbench.throughput.plan import Case, Plan, build_plan
 
 TASKS = {
     "throughput": "elmbench.throughput.measure:throughput",
     "norms": "elmbench.throughput.norm_bench:norm_call",
 }
+INTERLEAVED_TASK = "elmbench.throughput.measure:throughput_interleaved"
+# Interleaved cases hold their models in one worker at once: together at most this share of the
+# memory free when the run starts (more cases run in several interleaved groups, said in a note).
+MEMORY_SHARE = 0.5
 Event = dict[str, Any]
 
 
@@ -81,6 +94,58 @@ def _job(case: Case, spec: SuiteSpec, plan: Plan, key: str) -> Job:
     return Job(TASKS[spec.kind], case.backend, model_spec(case, spec, plan), params, key)
 
 
+def thread_env(threads: int | None) -> dict[str, str] | None:
+    """The workers' CPU threads (OpenMP: torch's intra-op pool and OpenBLAS), when a spec pins
+    them; records show the count the framework used (`describe`)."""
+    if threads is None:
+        return None
+    return {"OMP_NUM_THREADS": str(threads)}
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system could give now (Linux MemAvailable, else the physical total)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def case_memory_bytes(case: Case) -> int:
+    """What a loaded case holds: its weights (the KV cache and activations are far smaller here
+    than the margin)."""
+    return int(1.25 * model_facts(case.model).num_params * BYTES[case.dtype])
+
+
+def interleave(pairs: list[tuple[Case, Job]], budget: int | None, notes: list[str]) -> list[Unit]:
+    """Groups of jobs, per backend, that a worker runs interleaved; their models together fit in
+    `budget` bytes. A case alone in its group runs as it would sequentially (and says so)."""
+    by_backend: dict[str, list[list[tuple[Case, Job]]]] = {}
+    for case, job in pairs:
+        chunks = by_backend.setdefault(case.backend, [[]])
+        used = sum(case_memory_bytes(c) for c, _ in chunks[-1])
+        if chunks[-1] and budget is not None and used + case_memory_bytes(case) > budget:
+            chunks.append([])
+        chunks[-1].append((case, job))
+    units: list[Unit] = []
+    for backend, chunks in by_backend.items():
+        if len(chunks) > 1:
+            notes.append(
+                f"{backend}: the cases run interleaved in {len(chunks)} groups, one after "
+                f"another: all their models at once would not fit in {MEMORY_SHARE:.0%} of the "
+                f"free memory ({(budget or 0) / 2**30:.1f} GiB)"
+            )
+        for chunk in chunks:
+            jobs = tuple(j for _, j in chunk)
+            units.append(Group(INTERLEAVED_TASK, jobs) if len(jobs) > 1 else jobs[0])
+    return units
+
+
 def open_or_resume(
     kind: str,
     spec: SuiteSpec,
@@ -92,9 +157,11 @@ def open_or_resume(
 ) -> RunWriter:
     """A new run folder for `spec`, or the resumed one (its own settings, locked)."""
     if resume is not None:
-        return resume_run(
-            run_path(resume, out), kind=kind, spec=spec.to_dict(), retry_failed=retry_failed
-        )
+        given = spec.to_dict()
+        stored = read_run(resume, out).meta.spec
+        if "order" not in stored and given.get("order") == "sequential":
+            del given["order"]  # a run recorded before runs had an order ran sequentially
+        return resume_run(run_path(resume, out), kind=kind, spec=given, retry_failed=retry_failed)
     return open_run(
         kind,
         spec=spec.to_dict(),
@@ -135,6 +202,16 @@ def run_spec(
                 return [norm_record(case, result, device, context)]
             return [throughput_record(case, result, device, context)]
 
+        units: Callable[[list[tuple[Case, Job]]], list[Unit]] | None = None
+        if spec.order == INTERLEAVED and spec.kind == "throughput":
+            free = available_memory_bytes()
+            budget = None if free is None else int(MEMORY_SHARE * free)
+
+            def grouped(pairs: list[tuple[Case, Job]]) -> list[Unit]:
+                return interleave(pairs, budget, plan.notes)
+
+            units = grouped
+
         measured = execute(
             plan,
             writer,
@@ -143,6 +220,8 @@ def run_spec(
             key=lambda case: case.case_id,
             records=to_records,
             on_event=on_event,
+            units=units,
+            env=thread_env(spec.threads),
         )
     run = read_run(writer.path)
     done_before = len(plan.cases) - measured
