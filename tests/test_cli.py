@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -382,3 +383,18 @@ def test_usage_errors_are_one_line_too() -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("error: No such option")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_run_ends_with_its_report_command_or_the_report_itself(tmp_path: Path) -> None:
+    args = ["throughput", "-m", "tiny", "--device", "cpu", "--backend", "torch", "--norm",
+            "naive", "-p", "8", "-n", "3", "--warmup", "0", "--repetitions", "1",
+            "--min-seconds", "0", "--out", str(tmp_path), "-q"]  # fmt: skip
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    (run,) = tmp_path.iterdir()
+    assert f"report: elmbench report {run}" in first.stderr
+    assert not (run / "report.html").exists()
+    second = CliRunner().invoke(cli, [*args, "--report"])
+    assert second.exit_code == 0, second.output
+    (made,) = [p for p in tmp_path.iterdir() if p != run]
+    assert (made / "report.html").is_file() and (made / "summary.md").is_file()

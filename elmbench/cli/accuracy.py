@@ -31,6 +31,7 @@ from elmbench.cli.options import Column, as_json, emit
 from elmbench.cli.run_options import (
     OUTPUT,
     SESSION_OPTIONS,
+    after_run,
     check_session,
     flag,
     given,
@@ -420,6 +421,7 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
         return
     final = read_run(writer.path)
     _report(final.of(AccuracyRecord), suite, fmt, writer.path)
+    after_run(writer.path, bool(opts.get("report")))
     failed = final.of(FailureRecord)
     if failed:
         click.echo(

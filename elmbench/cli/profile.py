@@ -15,6 +15,7 @@ from elmbench.cli.run_options import (
     MEASURE,
     OUTPUT,
     SESSION_OPTIONS,
+    after_run,
     check_session,
     given,
     resumed_spec,
@@ -348,6 +349,7 @@ def profile(
             on_event=tracked(progress, ref),
         )
     failed = show(run, fmt, opts.top)
+    after_run(run.path, bool(options.get("report")))
     if failed:
         click.echo(f"{failed} case(s) failed; see the note column and {run.path}", err=True)
         sys.exit(1)

@@ -9,6 +9,7 @@ options given again must equal the run's own: anything else is refused with what
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -43,6 +44,8 @@ SCALAR_FIELDS = {
     "min_seconds": "min_seconds",
     "precision": "precision_pct",
     "max_seconds": "max_seconds",
+    "order": "order",
+    "threads": "threads",
     "seed": "seed",
     "quantize": "quantize",
     "group_size": "group_size",
@@ -159,7 +162,19 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "max_seconds": (
         ("--max-seconds", "max_seconds"),
-        {"type": float, "metavar": "S", "help": "Time cap per case with --precision (60)."},
+        {"type": float, "metavar": "S", "help": "Time cap per case with --precision."},
+    ),
+    "order": (
+        ("--order",),
+        {
+            "type": click.Choice(["sequential", "interleaved"]),
+            "help": "interleaved: repetition r of every case before r + 1 of any, so drift hits "
+            "all cases alike; sequential: one case after another (measures peak memory).",
+        },
+    ),
+    "threads": (
+        ("--threads",),
+        {"type": int, "metavar": "N", "help": "CPU threads of each worker (OMP_NUM_THREADS)."},
     ),
     "seed": (("--seed",), {"type": int, "help": "Seed of the random weights and prompts (0)."}),
     "quantize": (
@@ -221,6 +236,17 @@ def run_options(*names: str) -> Callable[[F], F]:
         return func
 
     return decorate
+
+
+def after_run(path: Path, report: bool) -> None:
+    """End of a run: make its report (`--report`), or say how to (on stderr, beside progress)."""
+    if not report:
+        click.echo(f"report: elmbench report {path}", err=True)
+        return
+    from elmbench.report import make_report
+
+    for line in make_report([path]).summary:
+        click.echo(line, err=True)
 
 
 def split(values: Iterable[str] | None) -> list[str] | None:

@@ -16,6 +16,7 @@ from elmbench.cli.run_options import (
     MEASURE,
     OUTPUT,
     SESSION_OPTIONS,
+    after_run,
     check_session,
     given,
     resumed_spec,
@@ -261,6 +262,7 @@ def run_and_show(spec: SuiteSpec, options: dict[str, Any], fmt: str, quiet: bool
         emit(rows, columns, fmt, data={"run": str(result.path), "records": as_json(result.records)})
     else:
         emit(rows, columns, fmt, title=title, notes=notes)
+    after_run(result.path, bool(options.get("report")))
     if failed:
         click.echo(f"{failed} case(s) failed; see the note column and {result.path}", err=True)
         sys.exit(1)
@@ -272,7 +274,16 @@ def _overridden(options: dict[str, Any]) -> bool:
 
 
 @click.command()
-@run_options(*MEASURE, "min_seconds", "precision", "max_seconds", *SESSION_OPTIONS, *OUTPUT)
+@run_options(
+    *MEASURE,
+    "min_seconds",
+    "precision",
+    "max_seconds",
+    "order",
+    "threads",
+    *SESSION_OPTIONS,
+    *OUTPUT,
+)
 @click.pass_context
 def throughput(ctx: click.Context, fmt: str, quiet: bool, **options: Any) -> None:
     """Measure prefill and decode speed: the main job.
