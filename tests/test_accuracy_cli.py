@@ -699,3 +699,25 @@ def test_every_model_dtype_and_norm_combination_is_evaluated_with_its_own_cache(
     combos = {(r["dtype"], r["norm"]) for r in records}
     assert combos == {(d, n) for d in ("float32", "bfloat16") for n in ("naive", "fused")}
     assert all(r["requests"] == 2 * LIMIT for r in records)  # none came from a cache
+
+
+def test_a_task_that_fails_is_recorded_and_the_run_goes_on(
+    tmp_path: Path, sp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elmbench.accuracy import runner
+    from elmbench.records import FailureRecord
+
+    real = runner.run_accuracy
+
+    def flaky(suite: Any, plan: Any, **kw: Any) -> Any:
+        if plan.tasks == ("arc_challenge",):
+            raise RuntimeError("out of memory")
+        return real(suite, plan, **kw)
+
+    monkeypatch.setattr(runner, "run_accuracy", flaky)
+    result = invoke(*common(sp_model, tmp_path), "--tasks", "ARC-c,PIQA")
+    assert result.exit_code == 1 and "failed (RuntimeError: out of memory)" in result.stderr
+    run = read_run(only_run(tmp_path))
+    failures = run.of(FailureRecord)
+    assert {f.params["metric"] for f in failures} == {"acc", "acc_norm"}
+    assert {r.task for r in run.of(AccuracyRecord)} == {"piqa"}  # the next task still ran

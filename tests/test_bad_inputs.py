@@ -650,3 +650,16 @@ def test_weights_alone_make_the_checkpoint_its_model(write_checkpoint: Any) -> N
     assert checked_weights(spec.with_overrides(models=("tiny",)), models_given=True) == (
         spec.with_overrides(models=("tiny",))
     )
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused_before_any_run(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """Ids the embedding cannot look up would end in an IndexError inside the model."""
+    from elmbench.accuracy.tokenizer import SentencePieceTokenizer, check_vocabulary
+    from elmbench.errors import ElmbenchError
+
+    tokenizer = SentencePieceTokenizer(sp_model)  # 400 pieces
+    check_vocabulary(tokenizer, "tiny", 512)
+    with pytest.raises(ElmbenchError, match="has 400 pieces but toy's vocabulary has 300"):
+        check_vocabulary(tokenizer, "toy", 300)

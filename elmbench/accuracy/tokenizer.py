@@ -22,6 +22,7 @@ class Tokenizer(Protocol):
     bos_id: int
     eos_id: int
     identity: str
+    vocab_size: int
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens."""
@@ -47,6 +48,7 @@ class SentencePieceTokenizer:
             raise ElmbenchError(f"{self.path}: not a SentencePiece model ({exc})") from None
         self.bos_id = int(self.sp.bos_id())
         self.eos_id = int(self.sp.eos_id())
+        self.vocab_size = int(self.sp.get_piece_size())
         self.identity = f"sentencepiece:{self.path}"
 
     def encode(self, text: str) -> list[int]:
@@ -83,6 +85,7 @@ class HFTokenizer:
             ) from None
         self.bos_id = int(self.tok.bos_token_id)
         self.eos_id = int(self.tok.eos_token_id)
+        self.vocab_size = len(self.tok)
         self.identity = f"hf:{self.name}"
 
     def encode(self, text: str) -> list[int]:
@@ -92,6 +95,16 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of ids."""
         return str(self.tok.decode(ids))
+
+
+def check_vocabulary(tokenizer: Tokenizer, model: str, model_vocab: int) -> None:
+    """A tokenizer whose ids the model's embedding can look up (every id below its vocabulary)."""
+    if tokenizer.vocab_size > model_vocab:
+        raise ElmbenchError(
+            f"tokenizer {tokenizer.identity} has {tokenizer.vocab_size:,} pieces but {model}'s "
+            f"vocabulary has {model_vocab:,}: give the tokenizer the model was trained with "
+            "(LLaMA-2's for OpenELM)"
+        )
 
 
 def load_tokenizer(spec: str | None) -> Tokenizer:

@@ -327,7 +327,7 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
     """
     from elmbench.accuracy.papermodel import checkpoint_config, paper_model
     from elmbench.accuracy.runner import init_data_parallel
-    from elmbench.accuracy.tokenizer import load_tokenizer
+    from elmbench.accuracy.tokenizer import check_vocabulary, load_tokenizer
     from elmbench.config import get_config
     from elmbench.devices import resolve_device
     from elmbench.norms import get_norm
@@ -364,6 +364,13 @@ def accuracy(ctx: click.Context, fmt: str, quiet: bool, **opts: Any) -> None:
     if data is None:  # a data folder's tasks are checked against its own task files
         check_task_names(tasks, f"suite '{suite.name}'")
     tokenizer = load_tokenizer(tokenizer_name)
+    configs = (
+        [checkpoint]
+        if checkpoint is not None
+        else [get_config(m) for m in run["models"] or ["270m"]]
+    )
+    for cfg in configs:
+        check_vocabulary(tokenizer, cfg.name, cfg.vocab_size)
     device = resolve_device(run["device"], run["backend"])
     if "elmbench" in run["kernels"]:
         from elmbench.engine import unsupported
@@ -524,7 +531,9 @@ def _evaluate(
     speed, start = EvalSpeed(), time.perf_counter()
     try:
         records = run_accuracy(suite, plan, lm_class=measured_adapter(speed))
-    except NonFiniteError as exc:
+    except Exception as exc:  # one task that fails (NaN, out of memory) must not end the run
+        if not isinstance(exc, NonFiniteError):
+            exc = ElmbenchError(f"{type(exc).__name__}: {exc}")
         if writer is not None:
             writer.append(
                 *(FailureRecord("accuracy", {**step.case, "metric": m}, str(exc))
